@@ -1,0 +1,296 @@
+"""Checkpoints in transformers' layout: ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``).
+
+The mapping between transformers' state dict and ours is one small table: the names are the same, and the four
+projections that transformers stores as GPT-2 ``Conv1D`` (weight shaped (in, out)) are transposed to and from our
+``nn.Linear`` (out, in). Files are written atomically (temporary name, then rename), and loading never unpickles
+code (safetensors, or ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imagegpt.config import ImageGPTConfig
+from imagegpt.hub import HubError, resolve_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PreTrainedMixin",
+    "CheckpointError",
+    "to_hf_state_dict",
+    "from_hf_state_dict",
+    "load_weights",
+    "atomic_write_text",
+]
+
+# transformers' Conv1D layers (weight (in, out)); ours are nn.Linear (out, in).
+CONV1D_WEIGHT = re.compile(r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$")
+# Causal-mask buffers that old GPT-2-style checkpoints carry; not weights.
+IGNORED = re.compile(r"(^|\.)(attn|crossattention)\.(bias|masked_bias)$")
+PREFIX = "transformer."
+HEAD_KEYS = ("lm_head.", "score.")  # task heads: may be absent (freshly initialized) or left unused
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model."""
+
+
+def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict -> transformers' (Conv1D weights transposed), contiguous, ready for safetensors."""
+    return {k: (v.t() if CONV1D_WEIGHT.search(k) else v).contiguous() for k, v in state_dict.items()}
+
+
+def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' state dict -> ours. Drops mask buffers; transposes Conv1D weights."""
+    out = {}
+    for k, v in state_dict.items():
+        if IGNORED.search(k):
+            continue
+        out[k] = v.t() if CONV1D_WEIGHT.search(k) and v.dim() == 2 else v
+    return out
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one, never half of one."""
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.name.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError for truncated/corrupt files
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); is it truncated?") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} could not be read as plain tensors ({type(e).__name__}: {e}). It may be truncated, or pickle "
+            "code, which is never executed here; convert it to safetensors."
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_weights(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> dict[str, torch.Tensor]:
+    """Read the raw (transformers-layout) state dict of a local directory or Hub id, sharded or not."""
+    for filename in WEIGHT_FILES:
+        path = resolve_file(name_or_path, filename, required=False, **hub_kwargs)
+        if path is None:
+            continue
+        if not filename.endswith(".index.json"):
+            return _read_file(path)
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{path} is not a valid shard index ({e})") from None
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index.values())):
+            state.update(_read_file(resolve_file(name_or_path, shard, **hub_kwargs)))
+        return state
+    raise CheckpointError(f"no weights in {name_or_path}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _resolve_dtype(torch_dtype: Any, state: dict[str, torch.Tensor]) -> torch.dtype | None:
+    if torch_dtype is None:
+        return None
+    if torch_dtype == "auto":
+        floats = [v.dtype for v in state.values() if v.dtype.is_floating_point]
+        return floats[0] if floats else None
+    if isinstance(torch_dtype, str):
+        value = getattr(torch, torch_dtype.removeprefix("torch."), None)
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"unknown torch_dtype {torch_dtype!r}; use e.g. 'float32', 'bfloat16' or 'auto'")
+        return value
+    return torch_dtype
+
+
+class PreTrainedMixin:
+    """``from_pretrained`` / ``save_pretrained`` and helpers shared by the three model classes."""
+
+    config: ImageGPTConfig
+    base_model_prefix = "transformer"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config: ImageGPTConfig | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        strict: bool = True,
+        ignore_mismatched_sizes: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        **config_overrides: Any,
+    ):
+        """Load a model saved by ours or by transformers, from a directory or a Hub id.
+
+        ``config_overrides`` (e.g. ``num_labels=10``, ``resid_pdrop=0.0``) replace fields of the stored config.
+        A task head the checkpoint lacks (a classifier from a causal-LM checkpoint) is freshly initialized, with a
+        warning. Other missing, unexpected or mis-shaped weights raise :class:`CheckpointError` listing them;
+        ``strict=False`` turns that into a warning (missing ones are initialized), and
+        ``ignore_mismatched_sizes=True`` re-initializes mis-shaped ones.
+        """
+        hub = {"cache_dir": cache_dir, "revision": revision, "token": token, "local_files_only": local_files_only}
+        if config is None:
+            config = ImageGPTConfig.from_pretrained(name_or_path, **hub, **config_overrides)
+        elif config_overrides:
+            config = config.copy(**config_overrides)
+        state = from_hf_state_dict(load_weights(name_or_path, **hub))
+        target_dtype = _resolve_dtype(dtype if dtype is not None else torch_dtype, state)
+        with torch.device("meta"):  # no time spent initializing weights that are about to be replaced
+            model = cls(config)
+        model._load_checkpoint_state(state, strict, ignore_mismatched_sizes, str(name_or_path))
+        if target_dtype is not None:
+            model = model.to(target_dtype)
+        if device is not None:
+            model = model.to(device)
+        return model.eval()
+
+    def _load_checkpoint_state(self, state, strict, ignore_mismatched_sizes, source) -> None:
+        expected = dict(self.state_dict(keep_vars=True))
+        has_prefix = any(k.startswith(PREFIX) for k in expected)
+        if has_prefix and not any(k.startswith(PREFIX) for k in state):
+            state = {(k if k.startswith(HEAD_KEYS) else PREFIX + k): v for k, v in state.items()}
+        elif not has_prefix:  # the bare model: drop the prefix and any task head
+            state = {k.removeprefix(PREFIX): v for k, v in state.items() if not k.startswith(HEAD_KEYS)}
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        mismatched = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in expected
+            if k in state and state[k].shape != expected[k].shape
+        ]
+        for item in mismatched:
+            del state[item.split(":")[0]]
+        head_missing = [k for k in missing if k.startswith(HEAD_KEYS)]
+        head_unexpected = [k for k in unexpected if k.startswith(HEAD_KEYS)]
+        missing = [k for k in missing if k not in head_missing]
+        unexpected = [k for k in unexpected if k not in head_unexpected]
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        if mismatched and not ignore_mismatched_sizes:
+            problems.append(f"mis-shaped keys: {'; '.join(mismatched)} (ignore_mismatched_sizes=True re-initializes)")
+        if problems:
+            message = f"checkpoint {source} does not fit {type(self).__name__}: " + " | ".join(problems)
+            if strict:
+                raise CheckpointError(message + " (strict=False loads anyway)")
+            logger.warning(message)
+        if head_unexpected:
+            logger.info("checkpoint weights not used by %s: %s", type(self).__name__, ", ".join(head_unexpected))
+        fresh = missing + head_missing + [m.split(":")[0] for m in mismatched]
+        if head_missing or (mismatched and ignore_mismatched_sizes):
+            logger.warning("newly initialized (train them before use): %s", ", ".join(head_missing + mismatched))
+        self.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
+        self._materialize(fresh)
+
+    def _materialize(self, names: list[str]) -> None:
+        """Give the parameters still on the meta device real storage and transformers' initialization."""
+        from imagegpt.model import init_module_weights
+
+        device = next((p.device for p in self.parameters() if p.device.type != "meta"), torch.device("cpu"))
+        dtype = next((p.dtype for p in self.parameters() if p.device.type != "meta"), torch.float32)
+        for name in names:
+            module_name, _, attr = name.rpartition(".")
+            module = self.get_submodule(module_name)
+            old = getattr(module, attr)
+            setattr(module, attr, nn.Parameter(torch.empty(old.shape, device=device, dtype=dtype)))
+        for module_name in sorted({n.rpartition(".")[0] for n in names}):
+            module = self.get_submodule(module_name)
+            init_module_weights(module, self.config, name=module_name)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) as transformers does."""
+        directory = Path(save_directory)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"{directory} exists and is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        state = to_hf_state_dict({k: v.detach().cpu() for k, v in self.state_dict().items()})
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            _atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p), {"format": "pt"}))
+        else:
+            _atomic_write(directory / "pytorch_model.bin", lambda p: torch.save(state, p))
+        config = self.config.to_dict()
+        config["architectures"] = [type(self).__name__]
+        atomic_write_text(directory / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    def init_weights(self) -> None:
+        """(Re-)initialize every weight with transformers' scheme."""
+        from imagegpt.model import init_module_weights
+
+        init_module_weights(self, self.config)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters, optionally only trainable ones and/or without the embedding tables."""
+        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(
+            p.numel() for p in self.parameters() if id(p) not in skip and (p.requires_grad or not only_trainable)
+        )
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block's activations in the backward pass (less memory, ~30% more compute)."""
+        self._base().gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._base().gradient_checkpointing = False
+
+    def set_attn_implementation(self, name: str) -> None:
+        """``"sdpa"`` (default, fused) or ``"eager"`` (the readable reference path, returns weights)."""
+        if name not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {name!r}")
+        self._base().attn_implementation = name
+
+    def _base(self):
+        return getattr(self, self.base_model_prefix, self)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype

@@ -1,0 +1,144 @@
+"""Key/value cache for incremental decoding.
+
+One buffer per layer, shaped (B, n_head, capacity, head_dim), filled left to right. :meth:`KVCache.static`
+pre-allocates the whole capacity up front (gpt-fast style: no reallocation while sampling); a cache created
+implicitly by ``forward(..., use_cache=True)`` starts empty, keeps the first chunk's tensors as they are (no
+copy for a plain forward) and grows geometrically when more tokens arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+__all__ = ["KVCache"]
+
+
+class KVCache:
+    """Per-layer self-attention keys and values, plus the cross-attention keys and values of encoder states.
+
+    ``forward(..., use_cache=True)`` returns one as ``past_key_values``; pass it back to continue decoding.
+    It also indexes like transformers' legacy format: ``cache[i]`` is ``(keys, values)`` of layer ``i``, each
+    (B, n_head, seq_len, head_dim).
+    """
+
+    def __init__(self, n_layer: int) -> None:
+        self._keys: list[torch.Tensor | None] = [None] * n_layer
+        self._values: list[torch.Tensor | None] = [None] * n_layer
+        self._lengths = [0] * n_layer
+        # False while a layer holds tensors we did not allocate (a kept first chunk, a legacy cache):
+        # those are never written into; the next append copies them into a buffer of our own.
+        self._owned = [False] * n_layer
+        # Cross-attention keys/values are computed once from the encoder states and reused at every step.
+        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    @classmethod
+    def static(
+        cls,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> "KVCache":
+        """A cache with room for ``capacity`` positions allocated now, so decoding never reallocates."""
+        cache = cls(n_layer)
+        shape = (batch_size, n_head, capacity, head_dim)
+        for i in range(n_layer):
+            cache._keys[i] = torch.zeros(shape, dtype=dtype, device=device)
+            cache._values[i] = torch.zeros(shape, dtype=dtype, device=device)
+        cache._owned = [True] * n_layer
+        return cache
+
+    @classmethod
+    def from_legacy_cache(cls, past: Sequence[Sequence[torch.Tensor]]) -> "KVCache":
+        """Build from transformers' legacy tuple format ``((k, v), ...)`` with k, v (B, n_head, S, head_dim)."""
+        cache = cls(len(past))
+        for i, layer in enumerate(past):
+            if len(layer) < 2:
+                raise ValueError(f"past_key_values[{i}] must hold (keys, values), got {len(layer)} tensors")
+            keys, values = layer[0], layer[1]
+            if keys.dim() != 4 or keys.shape != values.shape:
+                raise ValueError(
+                    f"past_key_values[{i}] keys/values must both be (batch, n_head, seq, head_dim); "
+                    f"got {tuple(keys.shape)} and {tuple(values.shape)}"
+                )
+            cache._keys[i], cache._values[i], cache._lengths[i] = keys, values, keys.shape[2]
+        return cache
+
+    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, n_head, T, head_dim) keys/values to ``layer``; return all of them so far."""
+        start = self._lengths[layer]
+        end = start + keys.shape[2]
+        buf_k, buf_v = self._keys[layer], self._values[layer]
+        if buf_k is None:
+            # First chunk of an implicitly created cache: keep the tensors themselves, no copy.
+            self._keys[layer], self._values[layer], self._lengths[layer] = keys, values, end
+            return keys, values
+        if buf_k.shape[0] != keys.shape[0]:
+            raise ValueError(
+                f"the cache holds batch size {buf_k.shape[0]} but the input has batch size {keys.shape[0]}"
+            )
+        if end > buf_k.shape[2] or not self._owned[layer]:
+            capacity = max(end, 2 * start)  # grow geometrically: O(1) amortized copying per token
+            buf_k = self._grow(buf_k, start, capacity)
+            buf_v = self._grow(buf_v, start, capacity)
+            self._keys[layer], self._values[layer], self._owned[layer] = buf_k, buf_v, True
+        buf_k[:, :, start:end] = keys
+        buf_v[:, :, start:end] = values
+        self._lengths[layer] = end
+        return buf_k[:, :, :end], buf_v[:, :, :end]
+
+    @staticmethod
+    def _grow(buf: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+        b, h, _, d = buf.shape
+        new = buf.new_zeros((b, h, capacity, d))
+        new[:, :, :length] = buf[:, :, :length]
+        return new
+
+    def get_seq_length(self, layer: int = 0) -> int:
+        """Number of positions already cached (for ``layer``, default the first)."""
+        return self._lengths[layer]
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self._keys[0] is None else self._keys[0].shape[2]
+
+    def crop(self, length: int) -> None:
+        """Forget every position at or after ``length`` (keeps the buffers)."""
+        if length < 0:
+            raise ValueError(f"crop length must be >= 0, got {length}")
+        self._lengths = [min(n, length) for n in self._lengths]
+
+    def reset(self) -> None:
+        """Empty the cache but keep its buffers for reuse."""
+        self.crop(0)
+        self.cross = [None] * len(self.cross)
+
+    def reorder_cache(self, index: torch.Tensor) -> None:
+        """Select/reorder the batch rows (e.g. for beam search or ``num_return_sequences``)."""
+        for i, (k, v) in enumerate(zip(self._keys, self._values)):
+            if k is not None:
+                self._keys[i], self._values[i] = k.index_select(0, index), v.index_select(0, index)
+            if self.cross[i] is not None:
+                ck, cv = self.cross[i]
+                self.cross[i] = (ck.index_select(0, index), cv.index_select(0, index))
+
+    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        return tuple(self[i] for i in range(len(self)))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self._lengths[layer]
+        if self._keys[layer] is None:
+            raise IndexError(f"layer {layer} of the cache is empty")
+        return self._keys[layer][:, :, :n], self._values[layer][:, :, :n]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return (self[i] for i in range(len(self)))

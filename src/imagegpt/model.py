@@ -1,0 +1,481 @@
+"""The ImageGPT model: a GPT-2-like decoder over color-quantized pixels.
+
+Differences from GPT-2 (Chen et al., 2020): the layer norm does not center (x / sqrt(mean(x^2) + eps) * weight),
+the MLP uses quick_gelu, input and output embeddings are untied, and the LM head has vocab_size - 1 outputs (the
+start token is never predicted). Parameter names and forward arguments follow transformers' ImageGPT classes;
+linear layers are ``nn.Linear`` here, and :mod:`imagegpt.checkpoint` transposes transformers' Conv1D weights.
+
+One forward path serves training, scoring and cached decoding. Attention runs through
+``F.scaled_dot_product_attention``; the explicit softmax path (:func:`reference_attention`) is used when attention
+weights are requested, when ``model.attn_implementation = "eager"``, and by the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from imagegpt.config import ImageGPTConfig
+from imagegpt.kv_cache import KVCache
+from imagegpt.checkpoint import PreTrainedMixin
+from imagegpt.outputs import BaseModelOutput, CausalLMOutput, ImageClassifierOutput
+
+__all__ = [
+    "ImageGPTLayerNorm",
+    "ImageGPTModel",
+    "ImageGPTForCausalImageModeling",
+    "ImageGPTForImageClassification",
+    "reference_attention",
+]
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+_ACT = {
+    "quick_gelu": quick_gelu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+class ImageGPTLayerNorm(nn.Module):
+    """RMS-style norm without centering or bias: ``x / sqrt(mean(x^2) + eps) * weight``."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    dropout_p: float = 0.0,
+    upcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Readable exact attention. q (B, nh, T, hs), k/v (B, nh, S, hs), mask bool broadcastable to (B, nh, T, S)
+    with True = may attend. Returns the output (B, nh, T, hs) and the weights (B, nh, T, S)."""
+    dtype = q.dtype
+    if upcast:  # transformers' reorder_and_upcast_attn: scores and softmax in float32
+        q, k = q.float(), k.float()
+    scores = (q @ k.transpose(-1, -2)) * scale  # (B, nh, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1).to(dtype)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v, weights
+
+
+class ImageGPTAttention(nn.Module):
+    """Multi-head attention; self-attention is causal, cross-attention (queries from x, keys/values from the
+    encoder states) is not, and honours ``encoder_attention_mask``."""
+
+    def __init__(self, config: ImageGPTConfig, layer_idx: int, is_cross_attention: bool = False) -> None:
+        super().__init__()
+        e = config.n_embd
+        self.n_head, self.head_dim, self.layer_idx = config.n_head, e // config.n_head, layer_idx
+        self.is_cross_attention = is_cross_attention
+        if is_cross_attention:
+            self.c_attn = nn.Linear(e, 2 * e)  # keys, values of the encoder states
+            self.q_attn = nn.Linear(e, e)
+        else:
+            self.c_attn = nn.Linear(e, 3 * e)  # fused queries, keys, values
+        self.c_proj = nn.Linear(e, e)
+        self.scale = (self.head_dim**-0.5 if config.scale_attn_weights else 1.0) / (
+            layer_idx + 1 if config.scale_attn_by_inverse_layer_idx else 1
+        )
+        self.upcast = config.reorder_and_upcast_attn
+        self.attn_pdrop = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, E) -> (B, nh, T, hs)
+        return x.view(x.shape[0], x.shape[1], self.n_head, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+        eager: bool,
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.is_cross_attention:
+            q = self._heads(self.q_attn(x))
+            kv = cache.cross[self.layer_idx] if cache is not None else None
+            if kv is None:
+                k, v = self.c_attn(encoder_hidden_states).split(x.shape[-1], dim=2)
+                kv = (self._heads(k), self._heads(v))
+                if cache is not None:
+                    cache.cross[self.layer_idx] = kv
+            k, v = kv
+        else:
+            q, k, v = (self._heads(t) for t in self.c_attn(x).split(x.shape[-1], dim=2))
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)
+        dropout_p = self.attn_pdrop if self.training else 0.0
+        if eager:
+            if mask is None and is_causal and q.shape[2] > 1:
+                mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+            y, weights = reference_attention(q, k, v, mask, self.scale, dropout_p, self.upcast)
+        else:
+            dtype = q.dtype
+            if self.upcast and dtype != torch.float32:
+                q, k, v = q.float(), k.float(), v.float()
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal and mask is None, scale=self.scale
+            ).to(dtype)
+            weights = None
+        y = y.transpose(1, 2).reshape(x.shape)  # (B, T, E)
+        return self.resid_dropout(self.c_proj(y)), weights
+
+
+class ImageGPTMLP(nn.Module):
+    def __init__(self, config: ImageGPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.inner_dim)
+        self.c_proj = nn.Linear(config.inner_dim, config.n_embd)
+        self.act = _ACT[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class ImageGPTBlock(nn.Module):
+    """Pre-norm block: x + attn(ln_1(x)) [+ crossattention(ln_cross_attn(x))] then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: ImageGPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = ImageGPTLayerNorm(config.n_embd, config.layer_norm_epsilon)
+        self.attn = ImageGPTAttention(config, layer_idx)
+        self.ln_2 = ImageGPTLayerNorm(config.n_embd, config.layer_norm_epsilon)
+        if config.add_cross_attention:
+            self.crossattention = ImageGPTAttention(config, layer_idx, is_cross_attention=True)
+            self.ln_cross_attn = ImageGPTLayerNorm(config.n_embd, config.layer_norm_epsilon)
+        self.mlp = ImageGPTMLP(config)
+
+    def forward(self, x, mask, is_causal, cache, eager, enc=None, enc_mask=None):
+        a, weights = self.attn(self.ln_1(x), mask, is_causal, cache, eager)
+        x = x + a
+        cross_weights = None
+        if enc is not None:
+            a, cross_weights = self.crossattention(self.ln_cross_attn(x), enc_mask, False, cache, eager, enc)
+            x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, weights, cross_weights
+
+
+def _attention_mask(
+    attention_mask: torch.Tensor | None, batch: int, t: int, past: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean (B, 1, T, past + T) mask, True = may attend, or None when plain causal attention is enough."""
+    if attention_mask is None:
+        if past == 0 or t == 1:  # SDPA's is_causal (no past) or a single query that sees everything
+            return None
+        pad = None
+    else:
+        if attention_mask.shape != (batch, past + t):
+            raise ValueError(
+                f"attention_mask must be (batch, past + new tokens) = ({batch}, {past + t}), "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        pad = attention_mask.to(device=device).bool()
+    rows = torch.arange(past, past + t, device=device)[:, None]
+    cols = torch.arange(past + t, device=device)[None, :]
+    causal = cols <= rows  # (T, S)
+    if pad is None:
+        return causal[None, None]
+    allowed = causal[None] & pad[:, None, :]  # (B, T, S)
+    # A padded query may see no key at all (left padding): letting only such a row see itself keeps it finite,
+    # so no NaN spreads (transformers leaves these rows ill-defined). Real positions never attend to padding.
+    allowed |= ~allowed.any(-1, keepdim=True) & (cols == rows)[None]
+    return allowed[:, None]
+
+
+class ImageGPTModel(PreTrainedMixin, nn.Module):
+    """The bare ImageGPT decoder: embeddings, ``n_layer`` blocks and the final norm ``ln_f``."""
+
+    def __init__(self, config: ImageGPTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(ImageGPTBlock(config, i) for i in range(config.n_layer))
+        self.ln_f = ImageGPTLayerNorm(config.n_embd, config.layer_norm_epsilon)
+        self.attn_implementation = "sdpa"  # or "eager": the reference path
+        self.gradient_checkpointing = False
+        self.init_weights()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        self.wte = embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | Sequence | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutput | tuple:
+        """Run the decoder. ``input_ids`` (B, T) of ids in [0, vocab_size), or ``inputs_embeds`` (B, T, n_embd).
+
+        ``attention_mask`` (B, past + T) marks real tokens with 1 and padding with 0. With ``use_cache`` the
+        output's ``past_key_values`` (a :class:`~imagegpt.kv_cache.KVCache`) continues decoding when passed back
+        with only the new tokens. ``hidden_states`` holds each block's input and, last, the ``ln_f`` output.
+        """
+        cfg = self.config
+        use_cache = cfg.use_cache if use_cache is None else use_cache
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+
+        x = self._embed(input_ids, inputs_embeds, token_type_ids, position_ids, past_key_values)
+        batch, t = x.shape[:2]
+        cache = past_key_values
+        if cache is not None and not isinstance(cache, KVCache):
+            cache = KVCache.from_legacy_cache(cache)
+        if cache is None and use_cache:
+            cache = KVCache(cfg.n_layer)
+        past = cache.get_seq_length() if cache is not None else 0
+        mask = _attention_mask(attention_mask, batch, t, past, x.device)
+        enc, enc_mask = self._encoder_inputs(encoder_hidden_states, encoder_attention_mask, batch)
+        eager = output_attentions or self.attn_implementation == "eager"
+
+        hidden, attentions, cross = [], [], []
+        for block in self.h:
+            if output_hidden_states:
+                hidden.append(x)
+            args = (x, mask, past == 0, cache if use_cache else None, eager, enc, enc_mask)
+            if self.gradient_checkpointing and self.training:
+                x, w, cw = checkpoint(block, *args, use_reentrant=False)
+            else:
+                x, w, cw = block(*args)
+            if output_attentions:
+                attentions.append(w)
+                if enc is not None:
+                    cross.append(cw)
+        x = self.ln_f(x)
+        if output_hidden_states:
+            hidden.append(x)
+        out = BaseModelOutput(
+            last_hidden_state=x,
+            past_key_values=cache if use_cache else None,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            cross_attentions=tuple(cross) if output_attentions and enc is not None else None,
+        )
+        return out if return_dict else out.to_tuple()
+
+    def _embed(self, input_ids, inputs_embeds, token_type_ids, position_ids, past_key_values) -> torch.Tensor:
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            input_ids = _check_ids(input_ids, cfg.vocab_size, "input_ids")
+            x = self.wte(input_ids)
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.n_embd:
+                raise ValueError(
+                    f"inputs_embeds must be (batch, seq, n_embd={cfg.n_embd}), got {tuple(inputs_embeds.shape)}"
+                )
+            x = inputs_embeds
+        t = x.shape[1]
+        if t == 0:
+            raise ValueError("the input sequence is empty")
+        past = 0
+        if past_key_values is not None:
+            past = (
+                past_key_values.get_seq_length()
+                if isinstance(past_key_values, KVCache)
+                else (past_key_values[0][0].shape[2] if len(past_key_values) else 0)
+            )
+        if position_ids is None:
+            if past + t > cfg.n_positions:
+                raise ValueError(
+                    f"sequence of {past + t} positions (cached {past} + new {t}) exceeds "
+                    f"n_positions={cfg.n_positions}"
+                )
+            position_ids = torch.arange(past, past + t, device=x.device)[None]
+        else:
+            position_ids = _check_ids(position_ids, cfg.n_positions, "position_ids").view(-1, t)
+        x = x + self.wpe(position_ids)
+        if token_type_ids is not None:
+            x = x + self.wte(_check_ids(token_type_ids, cfg.vocab_size, "token_type_ids").view(-1, t))
+        return self.drop(x)
+
+    def _encoder_inputs(self, enc, enc_mask, batch):
+        if enc is None:
+            return None, None
+        if not self.config.add_cross_attention:
+            raise ValueError("encoder_hidden_states need a model built with config.add_cross_attention=True")
+        if enc.dim() != 3 or enc.shape[0] != batch or enc.shape[-1] != self.config.n_embd:
+            raise ValueError(
+                f"encoder_hidden_states must be (batch={batch}, enc_seq, n_embd={self.config.n_embd}), "
+                f"got {tuple(enc.shape)}"
+            )
+        if enc_mask is None:
+            return enc, None
+        if enc_mask.shape != enc.shape[:2]:
+            raise ValueError(f"encoder_attention_mask must be {tuple(enc.shape[:2])}, got {tuple(enc_mask.shape)}")
+        return enc, enc_mask.to(enc.device).bool()[:, None, None, :]  # (B, 1, 1, S_enc)
+
+
+def _check_ids(ids: torch.Tensor, upper: int, name: str) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {getattr(ids, 'dtype', type(ids))}")
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must be (batch, seq), got shape {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
+        raise ValueError(f"{name} must lie in [0, {upper}), got values in [{int(ids.min())}, {int(ids.max())}]")
+    return ids
+
+
+class ImageGPTForCausalImageModeling(PreTrainedMixin, nn.Module):
+    """ImageGPT with its untied LM head of ``vocab_size - 1`` outputs (the start token is never predicted).
+
+    ``labels`` follow transformers: they are shifted inside (``logits[:, :-1]`` predict ``labels[:, 1:]``), so
+    ``labels=input_ids`` works; -100 is ignored.
+    """
+
+    def __init__(self, config: ImageGPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = ImageGPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size - 1, bias=False)
+        nn.init.normal_(self.lm_head.weight, std=config.initializer_range)
+
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
+                position_ids=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                labels: torch.Tensor | None = None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None) -> CausalLMOutput | tuple:  # fmt: skip
+        """As :meth:`ImageGPTModel.forward`, plus ``labels`` (B, T) for the shifted next-token loss."""
+        out = self.transformer(input_ids, past_key_values, attention_mask, token_type_ids, position_ids,
+                               inputs_embeds, encoder_hidden_states, encoder_attention_mask, use_cache,
+                               output_attentions, output_hidden_states, return_dict=True)  # fmt: skip
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab_size - 1)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        result = CausalLMOutput(loss, logits, out.past_key_values, out.hidden_states, out.attentions,
+                                out.cross_attentions)  # fmt: skip
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits[:, :-1]`` against ``labels[:, 1:]``, ignoring -100."""
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels must be {tuple(logits.shape[:-1])} like the input, got {tuple(labels.shape)}")
+    n = logits.shape[-1]
+    shifted = labels[:, 1:].to(logits.device)
+    bad = (shifted != -100) & ((shifted < 0) | (shifted >= n))
+    if bad.any():
+        raise ValueError(
+            f"labels must be -100 or in [0, {n}); got {int(shifted[bad][0])}. The start token ({n}) is never "
+            "predicted: only the first label may be the start token, or use -100 to ignore a position."
+        )
+    return F.cross_entropy(logits[:, :-1].reshape(-1, n), shifted.reshape(-1), ignore_index=-100)
+
+
+class ImageGPTForImageClassification(PreTrainedMixin, nn.Module):
+    """ImageGPT with a linear head (no bias) on the hidden states of ``ln_f`` averaged over all positions."""
+
+    def __init__(self, config: ImageGPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_labels = config.num_labels
+        self.transformer = ImageGPTModel(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        nn.init.normal_(self.score.weight, std=config.initializer_range)
+
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
+                position_ids=None, inputs_embeds=None, labels: torch.Tensor | None = None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None
+                ) -> ImageClassifierOutput | tuple:  # fmt: skip
+        """``labels``: class ids (B,) for single-label, floats (B, num_labels) for multi-label, or floats for
+        regression (num_labels == 1); ``config.problem_type`` is inferred as in transformers when unset."""
+        out = self.transformer(input_ids, past_key_values, attention_mask, token_type_ids, position_ids,
+                               inputs_embeds, None, None, use_cache, output_attentions, output_hidden_states,
+                               return_dict=True)  # fmt: skip
+        logits = self.score(out.last_hidden_state.mean(dim=1))  # (B, num_labels); padding included, as transformers
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        result = ImageClassifierOutput(loss, logits, out.past_key_values, out.hidden_states, out.attentions)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ImageGPTConfig) -> torch.Tensor:
+    """Regression (MSE), single-label (cross-entropy) or multi-label (BCE with logits) by ``problem_type``."""
+    n = config.num_labels
+    labels = labels.to(logits.device)
+    if config.problem_type is None:
+        if n == 1:
+            config.problem_type = "regression"
+        elif not labels.dtype.is_floating_point:
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(), labels.squeeze()) if n == 1 else F.mse_loss(logits, labels)
+    if config.problem_type == "single_label_classification":
+        labels = labels.view(-1)
+        if labels.dtype.is_floating_point or labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"single-label classification needs integer labels of shape ({logits.shape[0]},)")
+        if bool(((labels < 0) | (labels >= n)).any()):
+            raise ValueError(f"labels must be class ids in [0, {n}), got {labels.tolist()}")
+        return F.cross_entropy(logits, labels)
+    if labels.shape != logits.shape:
+        raise ValueError(f"multi-label classification needs labels shaped {tuple(logits.shape)}")
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def init_module_weights(module: nn.Module, config: ImageGPTConfig, name: str = "") -> None:
+    """transformers' scheme: normal(0, initializer_range) for linears and embeddings, zero biases, unit norms;
+    every ``c_proj`` weight is then scaled down to std initializer_range / sqrt(2 * n_layer) (GPT-2)."""
+    std = config.initializer_range
+    for name, m in module.named_modules(prefix=name):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if name.endswith("c_proj"):
+                nn.init.normal_(m.weight, mean=0.0, std=std / math.sqrt(2 * config.n_layer))
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, ImageGPTLayerNorm):
+            nn.init.ones_(m.weight)

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny configs, and transformers' ImageGPT as the oracle (test-only dependency)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from imagegpt import ImageGPTConfig
+
+TINY = dict(vocab_size=17, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+
+
+def tiny_config(**overrides) -> ImageGPTConfig:
+    """A 2-layer, 32-wide model over a 16-color palette (+ start token): fast enough for every test."""
+    return ImageGPTConfig(**{**TINY, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def transformers():
+    tf = pytest.importorskip("transformers")
+    tf.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return tf
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter non-trivial values: norm weights away from 1, biases away from 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or "ln_" in name:
+                p.copy_(1.0 + 0.3 * noise)
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(0.15 * noise)
+    return model
