@@ -6,9 +6,12 @@ error instead of a traceback from deep inside ``huggingface_hub``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import socket
+import urllib.parse
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,19 @@ def resolve_file(
     return _hub_download(name, filename, cache_dir, revision, token, local_files_only, required)
 
 
+@functools.lru_cache(maxsize=None)
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hub endpoint, so that offline use fails in seconds, not after the
+    client's retries with back-off."""
+    parsed = urllib.parse.urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _hub_download(repo_id, filename, cache_dir, revision, token, local_files_only, required):
     try:
         from huggingface_hub import hf_hub_download
@@ -66,6 +82,9 @@ def _hub_download(repo_id, filename, cache_dir, revision, token, local_files_onl
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
         raise HubError(f"{repo_id} is not a local directory, and huggingface_hub is not installed.") from e
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if not offline and not _hub_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
+        logger.info("the Hub is unreachable; looking for %s of %s in the local cache only", filename, repo_id)
+        offline = True
     try:
         return Path(
             hf_hub_download(
@@ -78,6 +97,13 @@ def _hub_download(repo_id, filename, cache_dir, revision, token, local_files_onl
                 etag_timeout=10,
             )
         )
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: must come first
+        if not required:
+            return None  # absent from the cache; the caller tries the next candidate file
+        raise HubError(
+            f"Could not fetch {filename} of {repo_id}: the Hub is unreachable (offline?) and it is not in the cache. "
+            "Download it where you have internet, or pass a local directory that holds config.json and the weights."
+        ) from None
     except EntryNotFoundError:
         if required:
             raise HubError(f"{filename} not found in the Hub repository {repo_id}.") from None
@@ -86,13 +112,6 @@ def _hub_download(repo_id, filename, cache_dir, revision, token, local_files_onl
         raise HubError(
             f"{repo_id} is not a local directory and not a Hub repository you can access "
             "(check the name, or pass token= for a private repository)."
-        ) from None
-    except LocalEntryNotFoundError:
-        if not required and not offline:
-            return None
-        raise HubError(
-            f"Could not fetch {filename} of {repo_id}: the Hub is unreachable (offline?) and it is not in the cache. "
-            "Download it where you have internet, or pass a local directory that holds config.json and the weights."
         ) from None
     except Exception as e:  # network stack errors vary by version: keep it to one line
         raise HubError(
