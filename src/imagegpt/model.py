@@ -35,7 +35,11 @@ __all__ = [
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
+    """``x * sigmoid(1.702 x)`` (OpenAI's gelu2)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return x * torch.sigmoid(1.702 * x)
+    # Without autograd, work in place: one (T, 4E) buffer instead of three, fewer page faults on CPU.
+    return torch.mul(x, 1.702).sigmoid_().mul_(x)
 
 
 _ACT = {
@@ -60,7 +64,8 @@ class ImageGPTLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        # F.rms_norm is the same formula in one fused kernel (torch >= 2.4)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def reference_attention(

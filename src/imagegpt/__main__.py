@@ -1,0 +1,5 @@
+import sys
+
+from imagegpt.cli import main
+
+sys.exit(main())
