@@ -246,3 +246,18 @@ def test_weight_init_statistics_match_transformers(transformers):
         assert abs(p.float().std().item() - q.float().std().item()) < 0.25 * q.float().std().item() + 1e-6, name
         assert abs(p.float().mean().item() - q.float().mean().item()) < 0.01 + 1e-6, name
     assert ours.num_parameters() == hf.num_parameters()
+
+
+@pytest.mark.parametrize("delta", [10, -5])
+def test_resize_token_embeddings_like_transformers(transformers, tmp_path, delta):
+    hf, ours = hf_to_ours(transformers, tmp_path)
+    n = TINY["vocab_size"] + delta
+    hf.resize_token_embeddings(n)
+    ours.resize_token_embeddings(n)
+    assert ours.config.vocab_size == hf.config.vocab_size == n
+    assert ours.transformer.wte.weight.shape == hf.transformer.wte.weight.shape
+    assert ours.lm_head.weight.shape == (n - 1, TINY["n_embd"])
+    keep = min(n, TINY["vocab_size"]) - 1
+    close(ours.transformer.wte.weight[:keep], hf.transformer.wte.weight[:keep])
+    ids = torch.randint(0, keep, (1, 6))
+    assert ours(ids).logits.shape == (1, 6, n - 1)

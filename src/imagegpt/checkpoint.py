@@ -139,6 +139,20 @@ def _resolve_dtype(torch_dtype: Any, state: dict[str, torch.Tensor]) -> torch.dt
     return torch_dtype
 
 
+def _resized(layer: nn.Module, rows: int, std: float) -> nn.Module:
+    """A copy of an embedding (or bias-free linear) with ``rows`` output rows, old rows kept, new ones random."""
+    old = layer.weight
+    new = type(layer)(rows, old.shape[1]) if isinstance(layer, nn.Embedding) else nn.Linear(
+        old.shape[1], rows, bias=False
+    )  # fmt: skip
+    new = new.to(device=old.device, dtype=old.dtype)
+    with torch.no_grad():
+        nn.init.normal_(new.weight, std=std)
+        n = min(rows, old.shape[0])
+        new.weight[:n] = old[:n]
+    return new
+
+
 class PreTrainedMixin:
     """``from_pretrained`` / ``save_pretrained`` and helpers shared by the three model classes."""
 
@@ -277,6 +291,18 @@ class PreTrainedMixin:
 
     def gradient_checkpointing_disable(self) -> None:
         self._base().gradient_checkpointing = False
+
+    def resize_token_embeddings(self, new_num_tokens: int) -> nn.Embedding:
+        """Change ``vocab_size`` (e.g. for a palette of another size): keeps the rows that remain, initializes
+        new ones, and resizes the untied LM head to ``new_num_tokens - 1`` outputs."""
+        if not isinstance(new_num_tokens, int) or new_num_tokens < 2:
+            raise ValueError(f"new_num_tokens must be an integer >= 2, got {new_num_tokens!r}")
+        base, std = self._base(), self.config.initializer_range
+        base.wte = _resized(base.wte, new_num_tokens, std)
+        if hasattr(self, "lm_head"):
+            self.lm_head = _resized(self.lm_head, new_num_tokens - 1, std)
+        self.config.vocab_size = new_num_tokens
+        return base.wte
 
     def set_attn_implementation(self, name: str) -> None:
         """``"sdpa"`` (default, fused) or ``"eager"`` (the readable reference path, returns weights)."""
