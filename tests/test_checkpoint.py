@@ -227,3 +227,9 @@ def test_path_that_is_a_file_or_nonsense(tmp_path):
         ImageGPTForCausalImageModeling.from_pretrained(f)
     with pytest.raises(HubError, match="neither a local directory nor a Hub id"):
         ImageGPTForCausalImageModeling.from_pretrained("not a/valid/id!")
+
+
+def test_loaded_parameters_are_contiguous(saved):
+    _, path = saved
+    model = ImageGPTForCausalImageModeling.from_pretrained(path)
+    assert all(p.is_contiguous() for p in model.parameters())

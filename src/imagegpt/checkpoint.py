@@ -63,7 +63,7 @@ def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     for k, v in state_dict.items():
         if IGNORED.search(k):
             continue
-        out[k] = v.t() if CONV1D_WEIGHT.search(k) and v.dim() == 2 else v
+        out[k] = v.t().contiguous() if CONV1D_WEIGHT.search(k) and v.dim() == 2 else v
     return out
 
 
