@@ -115,8 +115,7 @@ def _init(args) -> int:
         spec = dict(TINY_PRESETS[args.preset])
         side, levels = spec.pop("image_size"), spec.pop("palette_levels")
     else:
-        spec, side, levels = {}, 32, 8
-        spec = ImageGPTConfig.preset(args.preset).to_dict()
+        spec, side, levels = ImageGPTConfig.preset(args.preset).to_dict(), 32, 8
     clusters = uniform_palette(levels)
     config = ImageGPTConfig(**{**spec, "vocab_size": len(clusters) + 1, "n_positions": side * side,
                                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})  # fmt: skip
@@ -139,8 +138,10 @@ def _score(args) -> int:
 
     model = ImageGPTForCausalImageModeling.from_pretrained(args.model)
     proc = ImageGPTImageProcessor.from_pretrained(args.model)
-    if (proc.size["height"] * proc.size["width"]) + 1 > model.config.n_positions + 1:
-        raise ValueError("the palette's image size does not fit the model's n_positions")
+    pixels = proc.size["height"] * proc.size["width"]
+    if pixels > model.config.n_positions:
+        raise ValueError(f"{proc.size['height']}x{proc.size['width']} images need {pixels} positions; "
+                         f"the model has {model.config.n_positions}")  # fmt: skip
     ids = proc(args.images, return_tensors="pt", add_start_token=True)["input_ids"]
     with torch.inference_mode():
         nll = nll_per_sequence(model, ids, batch_size=args.batch_size, progress=sys.stderr.isatty())
@@ -152,7 +153,7 @@ def _score(args) -> int:
     if args.out is not None:
         quantized = proc.decode(ids)
         originals = proc(args.images, do_normalize=False, do_color_quantize=False, return_tensors="np")
-        raw = originals["pixel_values"].transpose(0, 2, 3, 1).clip(0, 255).astype("uint8")
+        raw = (originals["pixel_values"].transpose(0, 2, 3, 1) * 255).round().clip(0, 255).astype("uint8")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         image_grid([[r, q] for r, q in zip(raw, quantized)]).save(args.out)
         print(f"wrote {args.out}")

@@ -33,7 +33,8 @@ def nll_per_sequence(
     out = []
     for i in tqdm(range(0, len(input_ids), batch_size), desc="scoring", unit="batch", disable=not progress):
         ids = input_ids[i : i + batch_size].to(device)
-        logits = model(ids, use_cache=False).logits[:, :-1].float()  # (B, HW, vocab - 1)
+        # the last pixel is only a target: the input [start, p0 .. p(HW-2)] fits n_positions = H*W
+        logits = model(ids[:, :-1], use_cache=False).logits.float()  # (B, HW, vocab - 1)
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, HW)
         out.append(nll.mean(dim=1).cpu())
     return torch.cat(out)

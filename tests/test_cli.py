@@ -1,0 +1,60 @@
+"""The command line: help texts, and the README's main job end to end on a tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagegpt.cli import main
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.png"))
+
+
+@pytest.mark.parametrize("command", [[], ["info"], ["init"], ["score"]])
+def test_help_texts(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: imagegpt" in out
+    if not command:
+        assert "examples:" in out and "score" in out
+
+
+def test_init_info_score_end_to_end(tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    assert main(["init", "--preset", "tiny", "--out", str(model_dir)]) == 0
+    assert {p.name for p in model_dir.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    assert main(["info", str(model_dir)]) == 0
+    assert "64 colors" in capsys.readouterr().out
+    grid = tmp_path / "grid.png"
+    assert main(["score", "--model", str(model_dir), *map(str, EXAMPLES), "--out", str(grid)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("fashion-mnist")]
+    assert len(rows) == len(EXAMPLES) == 4
+    nats = [float(line.split()[1]) for line in rows]
+    # random weights: close to the uniform 64-color entropy, ln 64 = 4.16 nats
+    assert all(3.0 < v < 5.5 for v in nats)
+    image = np.asarray(Image.open(grid))
+    # 4 rows of [original, quantized], 16x16 px upscaled 8x, 2 px padding
+    assert image.shape == (2 + 4 * (128 + 2), 2 + 2 * (128 + 2), 3)
+
+
+def test_init_refuses_to_overwrite_and_errors_are_one_line(tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    assert main(["init", "--out", str(model_dir)]) == 0
+    assert main(["init", "--out", str(model_dir)]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["score", "--model", str(tmp_path / "nope"), str(EXAMPLES[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imagegpt score: error:") and "Traceback" not in err
+
+
+def test_module_entry_point():
+    result = subprocess.run([sys.executable, "-m", "imagegpt", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: imagegpt" in result.stdout
