@@ -1,0 +1,228 @@
+"""Full-sequence forward: imagegpt vs transformers' ImageGPTForCausalImageModeling on the same weights.
+
+What is measured, per (implementation, batch), each in a fresh child process so peak RSS is its own:
+  seconds per forward `model(input_ids)` (the default call of both; transformers' default builds a cache too)
+  under model.eval() + torch.inference_mode(), after one warm-up; min / median / max over --reps runs;
+  tokens/s; peak RSS (VmHWM, reset after build + warm-up so it covers the timed runs; CPU only);
+  the fraction of the FLOP bound: FLOPs / (matmul peak measured in the same run), with
+  FLOPs = 2 * non-embedding params * tokens + 2 * 2 * n_layer * seq^2 * n_embd * batch (full, not causal-halved).
+The two implementations run interleaved (ours, theirs, ours, ... one rep at a time) because this machine's
+speed drifts by up to 2x over minutes; the ratio is ours/theirs of the medians.
+
+  python benchmarks/bench_forward.py                       # imagegpt-small shape, batch 1 and 4, CPU
+  python benchmarks/bench_forward.py --tiny --reps 5       # a 2-layer smoke run
+  python benchmarks/bench_forward.py --device cuda --dtype bfloat16 --batches 1 8 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep the table readable
+
+import torch  # noqa: E402
+
+SHAPES = {
+    "small": dict(n_embd=512, n_head=8, n_layer=24, n_positions=1024, vocab_size=513),
+    "tiny": dict(n_embd=64, n_head=4, n_layer=2, n_positions=256, vocab_size=65),
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n matmul."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def make_weights(shape: str, directory: Path) -> float:
+    """A transformers model with random weights (norms and biases perturbed), saved; returns the max |logit diff|
+    between transformers and ours on it."""
+    import transformers
+
+    from imagegpt import ImageGPTForCausalImageModeling
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    torch.manual_seed(0)
+    config = transformers.ImageGPTConfig(**SHAPES[shape], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    theirs = transformers.ImageGPTForCausalImageModeling(config).eval()
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "ln" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.normal_(0, 0.02)
+    theirs.save_pretrained(directory)
+    ours = ImageGPTForCausalImageModeling.from_pretrained(directory)
+    ids = torch.randint(0, config.vocab_size, (1, 64))
+    with torch.inference_mode():
+        return (theirs(ids).logits - ours(ids).logits).abs().max().item()
+
+
+def load(impl: str, directory: str, device: str, dtype: torch.dtype):
+    if impl == "ours":
+        from imagegpt import ImageGPTForCausalImageModeling
+
+        return ImageGPTForCausalImageModeling.from_pretrained(directory, torch_dtype=dtype, device=device)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers.ImageGPTForCausalImageModeling.from_pretrained(directory, dtype=dtype).to(device).eval()
+
+
+def child(args) -> None:
+    """Build one model, warm up, then time forwards whenever the parent writes a line; report JSON lines."""
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    model = load(args.child, args.weights, args.device, dtype)
+    seq = model.config.n_positions
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, seq), device=args.device)
+    with torch.inference_mode():
+        model(ids)
+        sync(args.device)
+        if args.device == "cpu":
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak RSS from here on
+        else:
+            torch.cuda.reset_peak_memory_stats()
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            sync(args.device)
+            t = time.perf_counter()
+            model(ids)
+            sync(args.device)
+            print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+    if args.device == "cpu":
+        status = Path("/proc/self/status").read_text()
+        peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+    else:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps({"peak_mib": peak}), flush=True)
+
+
+def spawn(impl: str, batch: int, args, weights: str) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--child", impl, "--weights", weights, "--batch", str(batch),
+           "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        raise RuntimeError(f"{impl} child failed to start: {line!r}")
+    return proc
+
+
+def run_pair(batch: int, args, weights: str) -> dict[str, dict]:
+    procs = {impl: spawn(impl, batch, args, weights) for impl in ("ours", "transformers")}
+    times: dict[str, list[float]] = {impl: [] for impl in procs}
+    for rep in range(args.reps):
+        for impl in (("ours", "transformers") if rep % 2 == 0 else ("transformers", "ours")):
+            procs[impl].stdin.write("go\n")
+            procs[impl].stdin.flush()
+            times[impl].append(json.loads(procs[impl].stdout.readline())["seconds"])
+    out = {}
+    for impl, proc in procs.items():
+        proc.stdin.close()
+        peak = json.loads(proc.stdout.readline())["peak_mib"]
+        proc.wait()
+        out[impl] = {"times": times[impl], "peak_mib": peak}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=SHAPES, default="small")
+    p.add_argument("--tiny", action="store_const", const="tiny", dest="shape", help="same as --shape tiny")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--reps", type=int, default=5, help="timed forwards per implementation and batch")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "forward.json")
+    p.add_argument("--child", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    if args.dtype != "float32" and args.device == "cpu":
+        p.error("bfloat16/float16 are for CUDA; this CPU has no fast path for them")
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    dtype = getattr(torch, args.dtype)
+    cfg = SHAPES[args.shape]
+    e, L, seq = cfg["n_embd"], cfg["n_layer"], cfg["n_positions"]
+    params = L * (12 * e * e + 13 * e) + e + (cfg["vocab_size"] - 1) * e  # non-embedding, LM head included
+    peak = matmul_peak(args.device, dtype)
+    print(f"device: {device_name(args.device)} | torch {torch.__version__} | transformers {transformers.__version__}")
+    print(f"shape: {args.shape} ({L} layers x {e}, {cfg['n_head']} heads, seq {seq}) | dtype {args.dtype} | "
+          f"reps {args.reps} | matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
+    print("FLOPs = 2 * non-embedding params * tokens + 2 * 2 * n_layer * seq^2 * n_embd * batch")
+    rows = []
+    with tempfile.TemporaryDirectory() as weights:
+        diff = make_weights(args.shape, Path(weights))
+        print(f"weights: random, shared; max |logit diff| ours vs transformers = {diff:.2e}\n")
+        for batch in args.batches:
+            result = run_pair(batch, args, weights)
+            flops = 2 * params * seq * batch + 4 * L * seq * seq * e * batch
+            for impl in ("transformers", "ours"):
+                t = result[impl]["times"]
+                med = statistics.median(t)
+                rows.append(dict(impl=impl, shape=args.shape, batch=batch, seq=seq, dtype=args.dtype,
+                                 device=args.device, min_s=min(t), median_s=med, max_s=max(t),
+                                 tokens_per_s=batch * seq / med, peak_mib=result[impl]["peak_mib"],
+                                 bound_fraction=flops / (peak * 1e9) / med))  # fmt: skip
+            rows[-1]["ours_over_transformers"] = rows[-1]["median_s"] / rows[-2]["median_s"]
+    mem = "peak RSS MiB" if args.device == "cpu" else "peak GPU MiB"
+    print(f"| impl | batch x seq | s / forward (min / median / max) | tokens/s | {mem} | of FLOP bound | ours/theirs |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"**{r['ours_over_transformers']:.2f}x**" if "ours_over_transformers" in r else ""
+        print(f"| {r['impl']} | {r['batch']}x{r['seq']} | {r['min_s']:.3f} / **{r['median_s']:.3f}** / "
+              f"{r['max_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['peak_mib']:,.0f} | "
+              f"{100 * r['bound_fraction']:.0f}% | {ratio} |")  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(device=device_name(args.device), torch=torch.__version__, transformers=transformers.__version__,
+                matmul_peak_gflops=peak, logit_diff=diff)  # fmt: skip
+    args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
