@@ -4,7 +4,8 @@ from imagegpt.checkpoint import CheckpointError
 from imagegpt.config import PRESETS, ImageGPTConfig
 from imagegpt.hub import HubError
 from imagegpt.kv_cache import KVCache
-from imagegpt.model import ImageGPTForCausalImageModeling, ImageGPTForImageClassification, ImageGPTModel
+from imagegpt.heads import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
+from imagegpt.model import ImageGPTModel
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from imagegpt.config import ImageGPTConfig
-from imagegpt.hub import HubError, resolve_file
+from imagegpt.hub import resolve_file
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ the MLP uses quick_gelu, input and output embeddings are untied, and the LM head
 start token is never predicted). Parameter names and forward arguments follow transformers' ImageGPT classes;
 linear layers are ``nn.Linear`` here, and :mod:`imagegpt.checkpoint` transposes transformers' Conv1D weights.
 
-One forward path serves training, scoring and cached decoding. Attention runs through
+The task heads live in :mod:`imagegpt.heads`. One forward path serves training, scoring and cached decoding. Attention runs through
 ``F.scaled_dot_product_attention``; the explicit softmax path (:func:`reference_attention`) is used when attention
 weights are requested, when ``model.attn_implementation = "eager"``, and by the tests.
 """
@@ -23,15 +23,9 @@ from torch.utils.checkpoint import checkpoint
 from imagegpt.config import ImageGPTConfig
 from imagegpt.kv_cache import KVCache
 from imagegpt.checkpoint import PreTrainedMixin
-from imagegpt.outputs import BaseModelOutput, CausalLMOutput, ImageClassifierOutput
+from imagegpt.outputs import BaseModelOutput
 
-__all__ = [
-    "ImageGPTLayerNorm",
-    "ImageGPTModel",
-    "ImageGPTForCausalImageModeling",
-    "ImageGPTForImageClassification",
-    "reference_attention",
-]
+__all__ = ["ImageGPTLayerNorm", "ImageGPTModel", "reference_attention", "init_module_weights"]
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -370,105 +364,6 @@ def _check_ids(ids: torch.Tensor, upper: int, name: str) -> torch.Tensor:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
         raise ValueError(f"{name} must lie in [0, {upper}), got values in [{int(ids.min())}, {int(ids.max())}]")
     return ids
-
-
-class ImageGPTForCausalImageModeling(PreTrainedMixin, nn.Module):
-    """ImageGPT with its untied LM head of ``vocab_size - 1`` outputs (the start token is never predicted).
-
-    ``labels`` follow transformers: they are shifted inside (``logits[:, :-1]`` predict ``labels[:, 1:]``), so
-    ``labels=input_ids`` works; -100 is ignored.
-    """
-
-    def __init__(self, config: ImageGPTConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.transformer = ImageGPTModel(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size - 1, bias=False)
-        nn.init.normal_(self.lm_head.weight, std=config.initializer_range)
-
-    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
-                position_ids=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                labels: torch.Tensor | None = None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None) -> CausalLMOutput | tuple:  # fmt: skip
-        """As :meth:`ImageGPTModel.forward`, plus ``labels`` (B, T) for the shifted next-token loss."""
-        out = self.transformer(input_ids, past_key_values, attention_mask, token_type_ids, position_ids,
-                               inputs_embeds, encoder_hidden_states, encoder_attention_mask, use_cache,
-                               output_attentions, output_hidden_states, return_dict=True)  # fmt: skip
-        logits = self.lm_head(out.last_hidden_state)  # (B, T, vocab_size - 1)
-        loss = None
-        if labels is not None:
-            loss = causal_lm_loss(logits, labels)
-        result = CausalLMOutput(loss, logits, out.past_key_values, out.hidden_states, out.attentions,
-                                out.cross_attentions)  # fmt: skip
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        return result if return_dict else result.to_tuple()
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits[:, :-1]`` against ``labels[:, 1:]``, ignoring -100."""
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels must be {tuple(logits.shape[:-1])} like the input, got {tuple(labels.shape)}")
-    n = logits.shape[-1]
-    shifted = labels[:, 1:].to(logits.device)
-    bad = (shifted != -100) & ((shifted < 0) | (shifted >= n))
-    if bad.any():
-        raise ValueError(
-            f"labels must be -100 or in [0, {n}); got {int(shifted[bad][0])}. The start token ({n}) is never "
-            "predicted: only the first label may be the start token, or use -100 to ignore a position."
-        )
-    return F.cross_entropy(logits[:, :-1].reshape(-1, n), shifted.reshape(-1), ignore_index=-100)
-
-
-class ImageGPTForImageClassification(PreTrainedMixin, nn.Module):
-    """ImageGPT with a linear head (no bias) on the hidden states of ``ln_f`` averaged over all positions."""
-
-    def __init__(self, config: ImageGPTConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.num_labels = config.num_labels
-        self.transformer = ImageGPTModel(config)
-        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
-        nn.init.normal_(self.score.weight, std=config.initializer_range)
-
-    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
-                position_ids=None, inputs_embeds=None, labels: torch.Tensor | None = None, use_cache=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None
-                ) -> ImageClassifierOutput | tuple:  # fmt: skip
-        """``labels``: class ids (B,) for single-label, floats (B, num_labels) for multi-label, or floats for
-        regression (num_labels == 1); ``config.problem_type`` is inferred as in transformers when unset."""
-        out = self.transformer(input_ids, past_key_values, attention_mask, token_type_ids, position_ids,
-                               inputs_embeds, None, None, use_cache, output_attentions, output_hidden_states,
-                               return_dict=True)  # fmt: skip
-        logits = self.score(out.last_hidden_state.mean(dim=1))  # (B, num_labels); padding included, as transformers
-        loss = None if labels is None else classification_loss(logits, labels, self.config)
-        result = ImageClassifierOutput(loss, logits, out.past_key_values, out.hidden_states, out.attentions)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        return result if return_dict else result.to_tuple()
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ImageGPTConfig) -> torch.Tensor:
-    """Regression (MSE), single-label (cross-entropy) or multi-label (BCE with logits) by ``problem_type``."""
-    n = config.num_labels
-    labels = labels.to(logits.device)
-    if config.problem_type is None:
-        if n == 1:
-            config.problem_type = "regression"
-        elif not labels.dtype.is_floating_point:
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        return F.mse_loss(logits.squeeze(), labels.squeeze()) if n == 1 else F.mse_loss(logits, labels)
-    if config.problem_type == "single_label_classification":
-        labels = labels.view(-1)
-        if labels.dtype.is_floating_point or labels.shape[0] != logits.shape[0]:
-            raise ValueError(f"single-label classification needs integer labels of shape ({logits.shape[0]},)")
-        if bool(((labels < 0) | (labels >= n)).any()):
-            raise ValueError(f"labels must be class ids in [0, {n}), got {labels.tolist()}")
-        return F.cross_entropy(logits, labels)
-    if labels.shape != logits.shape:
-        raise ValueError(f"multi-label classification needs labels shaped {tuple(logits.shape)}")
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 def init_module_weights(module: nn.Module, config: ImageGPTConfig, name: str = "") -> None:
