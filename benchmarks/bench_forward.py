@@ -1,13 +1,17 @@
 """Full-sequence forward: imagegpt vs transformers' ImageGPTForCausalImageModeling on the same weights.
 
 What is measured, per (implementation, batch), each in a fresh child process so peak RSS is its own:
-  seconds per forward `model(input_ids)` (the default call of both; transformers' default builds a cache too)
-  under model.eval() + torch.inference_mode(), after one warm-up; min / median / max over --reps runs;
+  seconds per forward `model(input_ids)` (the default call of both: use_cache=True, so both also build a KV
+  cache) under model.eval() + torch.inference_mode(), after --warmup runs; min / median / max over --reps runs;
   tokens/s; peak RSS (VmHWM, reset after build + warm-up so it covers the timed runs; CPU only);
-  the fraction of the FLOP bound: FLOPs / (matmul peak measured in the same run), with
-  FLOPs = 2 * non-embedding params * tokens + 2 * 2 * n_layer * seq^2 * n_embd * batch (full, not causal-halved).
-The two implementations run interleaved (ours, theirs, ours, ... one rep at a time) because this machine's
-speed drifts by up to 2x over minutes; the ratio is ours/theirs of the medians.
+  the fraction of the FLOP bound = (FLOPs / matmul peak) / measured time, where the matmul peak is the best
+  GFLOP/s of a 2048^3 matmul in --dtype, taken before and after the runs, and
+  FLOPs = 2 * non-embedding params * tokens + 2 * 2 * n_layer * seq^2 * n_embd * batch (full, not causal-halved)
+  (non-embedding params: everything but wte and wpe; the LM head counts).
+Before timing, the max |logit diff| between the two on the shared random weights must be <= 1e-4.
+The two implementations run interleaved, one rep at a time in alternating order (ours, theirs, theirs,
+ours, ...), because this machine's speed drifts by up to 2x over minutes; the ratio is ours/theirs of the
+medians (and, less sensitive to slow phases, of the minimums).
 
   python benchmarks/bench_forward.py                       # imagegpt-small shape, batch 1 and 4, CPU
   python benchmarks/bench_forward.py --tiny --reps 5       # a 2-layer smoke run
@@ -71,9 +75,9 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -
     return 2 * n**3 / best / 1e9
 
 
-def make_weights(shape: str, directory: Path) -> float:
+def make_weights(shape: str, directory: Path) -> tuple[float, int]:
     """A transformers model with random weights (norms and biases perturbed), saved; returns the max |logit diff|
-    between transformers and ours on it."""
+    between transformers and ours on it (fp32, CPU) and the non-embedding parameter count."""
     import transformers
 
     from imagegpt import ImageGPTForCausalImageModeling
@@ -91,9 +95,11 @@ def make_weights(shape: str, directory: Path) -> float:
                 p.normal_(0, 0.02)
     theirs.save_pretrained(directory)
     ours = ImageGPTForCausalImageModeling.from_pretrained(directory)
-    ids = torch.randint(0, config.vocab_size, (1, 64))
+    ids = torch.randint(0, config.vocab_size, (2, min(256, config.n_positions)))
     with torch.inference_mode():
-        return (theirs(ids).logits - ours(ids).logits).abs().max().item()
+        diff = (theirs(ids).logits - ours(ids).logits).abs().max().item()
+    params = sum(p.numel() for n, p in theirs.named_parameters() if not n.endswith(("wte.weight", "wpe.weight")))
+    return diff, params
 
 
 def load(impl: str, directory: str, device: str, dtype: torch.dtype):
@@ -114,9 +120,11 @@ def child(args) -> None:
     dtype = getattr(torch, args.dtype)
     model = load(args.child, args.weights, args.device, dtype)
     seq = model.config.n_positions
+    torch.manual_seed(args.batch)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, seq), device=args.device)
     with torch.inference_mode():
-        model(ids)
+        for _ in range(args.warmup):
+            model(ids)
         sync(args.device)
         if args.device == "cpu":
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak RSS from here on
@@ -139,7 +147,8 @@ def child(args) -> None:
 
 def spawn(impl: str, batch: int, args, weights: str) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--child", impl, "--weights", weights, "--batch", str(batch),
-           "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]  # fmt: skip
+           "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads),
+           "--warmup", str(args.warmup)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if line.strip() != "ready":
@@ -168,11 +177,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=SHAPES, default="small")
     p.add_argument("--tiny", action="store_const", const="tiny", dest="shape", help="same as --shape tiny")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="one child pair per batch size")
     p.add_argument("--reps", type=int, default=5, help="timed forwards per implementation and batch")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forwards before the timed ones")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
     p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "forward.json")
     p.add_argument("--child", choices=["ours", "transformers"], help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
@@ -188,38 +198,48 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     cfg = SHAPES[args.shape]
     e, L, seq = cfg["n_embd"], cfg["n_layer"], cfg["n_positions"]
-    params = L * (12 * e * e + 13 * e) + e + (cfg["vocab_size"] - 1) * e  # non-embedding, LM head included
-    peak = matmul_peak(args.device, dtype)
+    peak_before = matmul_peak(args.device, dtype)
     print(f"device: {device_name(args.device)} | torch {torch.__version__} | transformers {transformers.__version__}")
     print(f"shape: {args.shape} ({L} layers x {e}, {cfg['n_head']} heads, seq {seq}) | dtype {args.dtype} | "
-          f"reps {args.reps} | matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
-    print("FLOPs = 2 * non-embedding params * tokens + 2 * 2 * n_layer * seq^2 * n_embd * batch")
-    rows = []
+          f"reps {args.reps} (after {args.warmup} warm-up) | model.eval() + torch.inference_mode() | "
+          "call model(input_ids) (default use_cache=True)")  # fmt: skip
+    rows, results = [], {}
     with tempfile.TemporaryDirectory() as weights:
-        diff = make_weights(args.shape, Path(weights))
-        print(f"weights: random, shared; max |logit diff| ours vs transformers = {diff:.2e}\n")
+        diff, params = make_weights(args.shape, Path(weights))
+        print(f"weights: random (seed 0), shared; max |logit diff| ours vs transformers = {diff:.2e} "
+              "(fp32 CPU, <= 1e-4)")
+        if not diff <= 1e-4:
+            sys.exit(f"logits differ by {diff:.2e} > 1e-4: not benchmarking different models")
         for batch in args.batches:
-            result = run_pair(batch, args, weights)
-            flops = 2 * params * seq * batch + 4 * L * seq * seq * e * batch
-            for impl in ("transformers", "ours"):
-                t = result[impl]["times"]
-                med = statistics.median(t)
-                rows.append(dict(impl=impl, shape=args.shape, batch=batch, seq=seq, dtype=args.dtype,
-                                 device=args.device, min_s=min(t), median_s=med, max_s=max(t),
-                                 tokens_per_s=batch * seq / med, peak_mib=result[impl]["peak_mib"],
-                                 bound_fraction=flops / (peak * 1e9) / med))  # fmt: skip
-            rows[-1]["ours_over_transformers"] = rows[-1]["median_s"] / rows[-2]["median_s"]
+            results[batch] = run_pair(batch, args, weights)
+    peak = max(peak_before, matmul_peak(args.device, dtype))
+    print(f"matmul peak ({args.dtype} 2048^3): {peak_before:.0f} GFLOP/s before, {peak:.0f} best of before/after")
+    print(f"FLOPs = 2 * non-embedding params ({params:,}) * tokens + 2 * 2 * n_layer * seq^2 * n_embd * batch\n")
+    for batch, result in results.items():
+        flops = 2 * params * seq * batch + 4 * L * seq * seq * e * batch
+        for impl in ("transformers", "ours"):
+            t = result[impl]["times"]
+            med = statistics.median(t)
+            rows.append(dict(impl=impl, shape=args.shape, batch=batch, seq=seq, dtype=args.dtype,
+                             device=args.device, min_s=min(t), median_s=med, max_s=max(t),
+                             tokens_per_s=batch * seq / med, peak_mib=result[impl]["peak_mib"],
+                             bound_fraction=flops / (peak * 1e9) / med))  # fmt: skip
+        rows[-1]["ours_over_transformers"] = rows[-1]["median_s"] / rows[-2]["median_s"]
+        rows[-1]["ours_over_transformers_min"] = rows[-1]["min_s"] / rows[-2]["min_s"]
     mem = "peak RSS MiB" if args.device == "cpu" else "peak GPU MiB"
-    print(f"| impl | batch x seq | s / forward (min / median / max) | tokens/s | {mem} | of FLOP bound | ours/theirs |")
+    print(f"| impl | batch x seq | s / forward (min / median / max) | tokens/s | {mem} | of FLOP bound "
+          "| ours/theirs (median; min) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        ratio = f"**{r['ours_over_transformers']:.2f}x**" if "ours_over_transformers" in r else ""
+        ratio = (f"**{r['ours_over_transformers']:.2f}x**; {r['ours_over_transformers_min']:.2f}x"
+                 if "ours_over_transformers" in r else "")  # fmt: skip
         print(f"| {r['impl']} | {r['batch']}x{r['seq']} | {r['min_s']:.3f} / **{r['median_s']:.3f}** / "
               f"{r['max_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['peak_mib']:,.0f} | "
               f"{100 * r['bound_fraction']:.0f}% | {ratio} |")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(device=device_name(args.device), torch=torch.__version__, transformers=transformers.__version__,
-                matmul_peak_gflops=peak, logit_diff=diff)  # fmt: skip
+                matmul_peak_gflops=peak, non_embedding_params=params, logit_diff=diff,
+                threads=args.threads, reps=args.reps, warmup=args.warmup, call="model(input_ids)")  # fmt: skip
     args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {args.json}")
 
