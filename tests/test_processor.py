@@ -1,7 +1,7 @@
 """ImageGPTImageProcessor against transformers' (the oracle) on real photos, every input kind, JSON both ways,
 bad inputs, decode and bounded-memory quantization.
 
-transformers.ImageGPTImageProcessor is its PIL backend here (no torchvision). It takes only RGB (and 3-channel)
+The oracle is transformers' PIL backend (ImageGPTImageProcessorPil). It takes only RGB (and 3-channel)
 inputs by default; with do_convert_rgb=True it converts like we always do, so most modes compare directly.
 """
 
@@ -41,10 +41,12 @@ def palettes(photos):
 
 @pytest.fixture(scope="module")
 def hf(transformers):
-    """transformers' processor class, its torchvision fallback warning silenced."""
+    """transformers' PIL-backend processor class: the oracle. Where torchvision is installed,
+    transformers.ImageGPTImageProcessor is a torchvision-based one that resizes differently, so ask for the PIL
+    backend by name."""
     for name in ("transformers", "transformers.models.auto.image_processing_auto"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    return transformers.ImageGPTImageProcessor
+    return getattr(transformers, "ImageGPTImageProcessorPil", transformers.ImageGPTImageProcessor)
 
 
 @pytest.fixture(scope="module")
