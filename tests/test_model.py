@@ -221,3 +221,14 @@ def test_output_tuple_indexing():
     loss, logits = out[:2]
     assert loss is out.loss and logits is out["logits"]
     assert out.keys() == ["loss", "logits"]
+
+
+def test_past_key_values_are_used_even_with_use_cache_false():
+    model = randomize_(ImageGPTForCausalImageModeling(tiny_config())).eval()
+    ids = torch.randint(0, 16, (1, 8))
+    with torch.no_grad():
+        cache = model(ids[:, :5]).past_key_values
+        out = model(ids[:, 5:], past_key_values=cache, use_cache=False)
+        full = model(ids, use_cache=False).logits
+    assert out.past_key_values is None
+    torch.testing.assert_close(out.logits, full[:, 5:], atol=1e-5, rtol=0)

@@ -209,13 +209,10 @@ class PreTrainedMixin:
             state = {k.removeprefix(PREFIX): v for k, v in state.items() if not k.startswith(HEAD_KEYS)}
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
-        mismatched = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in expected
-            if k in state and state[k].shape != expected[k].shape
-        ]
-        for item in mismatched:
-            del state[item.split(":")[0]]
+        mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in mismatched]
+        for key in mismatched:
+            del state[key]
         head_missing = [k for k in missing if k.startswith(HEAD_KEYS)]
         head_unexpected = [k for k in unexpected if k.startswith(HEAD_KEYS)]
         missing = [k for k in missing if k not in head_missing]
@@ -226,7 +223,7 @@ class PreTrainedMixin:
         if unexpected:
             problems.append(f"unexpected keys: {', '.join(unexpected)}")
         if mismatched and not ignore_mismatched_sizes:
-            problems.append(f"mis-shaped keys: {'; '.join(mismatched)} (ignore_mismatched_sizes=True re-initializes)")
+            problems.append(f"mis-shaped keys: {'; '.join(shapes)} (ignore_mismatched_sizes=True re-initializes)")
         if problems:
             message = f"checkpoint {source} does not fit {type(self).__name__}: " + " | ".join(problems)
             if strict:
@@ -234,9 +231,9 @@ class PreTrainedMixin:
             logger.warning(message)
         if head_unexpected:
             logger.info("checkpoint weights not used by %s: %s", type(self).__name__, ", ".join(head_unexpected))
-        fresh = missing + head_missing + [m.split(":")[0] for m in mismatched]
+        fresh = missing + head_missing + mismatched
         if head_missing or (mismatched and ignore_mismatched_sizes):
-            logger.warning("newly initialized (train them before use): %s", ", ".join(head_missing + mismatched))
+            logger.warning("newly initialized (train them before use): %s", ", ".join(head_missing + shapes))
         self.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
         self._materialize(fresh)
 

@@ -79,16 +79,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _info(args) -> int:
-    from imagegpt import ImageGPTConfig
+    import torch
+
+    from imagegpt import ImageGPTConfig, ImageGPTForCausalImageModeling
     from imagegpt.processor import ImageGPTImageProcessor
 
     config = ImageGPTConfig.from_pretrained(args.model)
-    e, L = config.n_embd, config.n_layer
-    params = (config.vocab_size + config.n_positions) * e + L * (4 * e * e + 2 * e * config.inner_dim) + (
-        config.vocab_size - 1
-    ) * e  # fmt: skip
+    with torch.device("meta"):  # shapes only: no memory, no time
+        params = ImageGPTForCausalImageModeling(config).num_parameters()
     print(f"model        {args.model}")
-    print(f"layers       {L} x {e} wide, {config.n_head} heads, MLP {config.inner_dim}, {config.activation_function}")
+    print(f"layers       {config.n_layer} x {config.n_embd} wide, {config.n_head} heads, MLP {config.inner_dim}, "
+          f"{config.activation_function}")  # fmt: skip
     print(f"sequence     {config.n_positions} positions, vocabulary {config.vocab_size} "
           f"({config.vocab_size - 1} colors + start token {config.vocab_size - 1})")  # fmt: skip
     print(f"parameters   ~{params / 1e6:.2f} M (with the LM head)")

@@ -263,14 +263,14 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         if self.gradient_checkpointing and self.training:
             use_cache = False
 
-        x = self._embed(input_ids, inputs_embeds, token_type_ids, position_ids, past_key_values)
-        batch, t = x.shape[:2]
         cache = past_key_values
         if cache is not None and not isinstance(cache, KVCache):
             cache = KVCache.from_legacy_cache(cache)
         if cache is None and use_cache:
             cache = KVCache(cfg.n_layer)
         past = cache.get_seq_length() if cache is not None else 0
+        x = self._embed(input_ids, inputs_embeds, token_type_ids, position_ids, past)
+        batch, t = x.shape[:2]
         mask = _attention_mask(attention_mask, batch, t, past, x.device)
         enc, enc_mask = self._encoder_inputs(encoder_hidden_states, encoder_attention_mask, batch)
         eager = output_attentions or self.attn_implementation == "eager"
@@ -279,7 +279,7 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         for block in self.h:
             if output_hidden_states:
                 hidden.append(x)
-            args = (x, mask, past == 0, cache if use_cache else None, eager, enc, enc_mask)
+            args = (x, mask, past == 0, cache, eager, enc, enc_mask)
             if self.gradient_checkpointing and self.training:
                 x, w, cw = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -300,7 +300,7 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         )
         return out if return_dict else out.to_tuple()
 
-    def _embed(self, input_ids, inputs_embeds, token_type_ids, position_ids, past_key_values) -> torch.Tensor:
+    def _embed(self, input_ids, inputs_embeds, token_type_ids, position_ids, past: int) -> torch.Tensor:
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -316,13 +316,6 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         t = x.shape[1]
         if t == 0:
             raise ValueError("the input sequence is empty")
-        past = 0
-        if past_key_values is not None:
-            past = (
-                past_key_values.get_seq_length()
-                if isinstance(past_key_values, KVCache)
-                else (past_key_values[0][0].shape[2] if len(past_key_values) else 0)
-            )
         if position_ids is None:
             if past + t > cfg.n_positions:
                 raise ValueError(
