@@ -232,3 +232,13 @@ def test_past_key_values_are_used_even_with_use_cache_false():
         full = model(ids, use_cache=False).logits
     assert out.past_key_values is None
     torch.testing.assert_close(out.logits, full[:, 5:], atol=1e-5, rtol=0)
+
+
+def test_inference_mlp_matches_autograd_mlp():
+    # without autograd the MLP applies quick_gelu in place; the numbers must not change
+    model = randomize_(ImageGPTForCausalImageModeling(tiny_config())).eval()
+    ids = torch.randint(0, 16, (2, 12))
+    with_grad = model(ids).logits
+    with torch.inference_mode():
+        without = model(ids).logits
+    torch.testing.assert_close(without, with_grad.detach(), atol=1e-5, rtol=0)
