@@ -5,9 +5,9 @@ the MLP uses quick_gelu, input and output embeddings are untied, and the LM head
 start token is never predicted). Parameter names and forward arguments follow transformers' ImageGPT classes;
 linear layers are ``nn.Linear`` here, and :mod:`imagegpt.checkpoint` transposes transformers' Conv1D weights.
 
-The task heads live in :mod:`imagegpt.heads`. One forward path serves training, scoring and cached decoding. Attention runs through
-``F.scaled_dot_product_attention``; the explicit softmax path (:func:`reference_attention`) is used when attention
-weights are requested, when ``model.attn_implementation = "eager"``, and by the tests.
+The task heads live in :mod:`imagegpt.heads`. One forward path serves training, scoring and cached decoding.
+Attention runs through ``F.scaled_dot_product_attention``; the explicit softmax path (:func:`reference_attention`)
+is used when attention weights are requested, when ``model.attn_implementation = "eager"``, and by the tests.
 """
 
 from __future__ import annotations
