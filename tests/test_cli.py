@@ -58,3 +58,40 @@ def test_init_refuses_to_overwrite_and_errors_are_one_line(tmp_path, capsys):
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "imagegpt", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: imagegpt" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["sample"], ["complete"]])
+def test_sampling_help_texts(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert "--top-k" in out and "--seed" in out and "--temperature" in out
+
+
+def test_sample_and_complete_write_png_grids(tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    assert main(["init", "--preset", "tiny", "--out", str(model_dir)]) == 0
+    out = tmp_path / "complete.png"
+    args = ["--model", str(model_dir), "--rows", "5", "--samples", "3", "--top-k", "8", "--out", str(out)]
+    assert main(["complete", *map(str, EXAMPLES[:2]), *args, "--quiet"]) == 0
+    tile = 16 * 8 + 2  # 16x16 pixels upscaled 8x, 2-pixel gaps
+    with Image.open(out) as grid:
+        assert grid.size == (2 + 5 * tile, 2 + 2 * tile)  # [input, 3 completions, original] x 2 images
+        pixels = np.asarray(grid.convert("RGB"))
+    first = pixels[2 : 2 + 128, 2 : 2 + 128]
+    assert (first[5 * 8 :] == 128).all()  # the unknown rows of the input are grayed out
+    samples = tmp_path / "samples.png"
+    assert main(["sample", "--model", str(model_dir), "--n", "5", "--seed", "1", "--out", str(samples), "--quiet"]) == 0
+    with Image.open(samples) as grid:
+        assert grid.size == (2 + 3 * tile, 2 + 2 * tile)  # 5 samples in rows of ceil(sqrt(5)) = 3
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_sampling_cli_errors_are_one_line(tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    main(["init", "--preset", "tiny", "--out", str(model_dir)])
+    capsys.readouterr()
+    assert main(["complete", str(EXAMPLES[0]), "--model", str(model_dir), "--rows", "16"]) == 2
+    assert "rows must be an integer in [0, 15]" in capsys.readouterr().err
+    assert main(["sample", "--model", str(model_dir), "--dtype", "bfloat16", "--device", "cpu"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err

@@ -12,6 +12,8 @@ examples:
   imagegpt init --preset tiny --out runs/tiny          # a small random-weight model + palette
   imagegpt info runs/tiny                              # its size and settings
   imagegpt score --model runs/tiny examples/*.png --out runs/score.png
+  imagegpt sample --model runs/tiny --n 16 --seed 0 --out runs/samples.png
+  imagegpt complete examples/*.png --model runs/tiny --rows 8 --samples 4 --top-k 40 --out runs/complete.png
   imagegpt info openai/imagegpt-small                  # Hub ids work where the Hub is reachable
 
 Models are directories in transformers' layout (config.json, model.safetensors, preprocessor_config.json) or
@@ -63,14 +65,55 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="model directory or Hub id")
     s.add_argument("--out", type=Path, help="write the PNG grid here")
     s.add_argument("--batch-size", type=int, default=16)
+
+    s = sub.add_parser(
+        "sample",
+        help="generate new images from nothing (unconditional samples)",
+        description="Generate images pixel by pixel from the start token and write them as a PNG grid.",
+    )
+    s.add_argument("--model", required=True, help="model directory or Hub id")
+    s.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    s.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid to write (default samples.png)")
+    _sampling_args(s)
+
+    s = sub.add_parser(
+        "complete",
+        help="keep the top rows of images and let the model paint the rest",
+        description="Resize and quantize each image with the model's palette, keep its top --rows pixel rows and "
+        "generate the rest --samples times. The PNG grid has one row per image: [input with the unknown part "
+        "grayed out | the completions | the input quantized to the palette (the original the model sees)].",
+    )
+    s.add_argument("images", nargs="+", type=Path, help="image files in any format/mode Pillow reads")
+    s.add_argument("--model", required=True, help="model directory or Hub id")
+    s.add_argument("--rows", type=int, help="pixel rows to keep from the top (default: half the image)")
+    s.add_argument("--samples", type=int, default=4, help="completions per image (default 4)")
+    s.add_argument("--out", type=Path, default=Path("completions.png"), help="PNG grid (default completions.png)")
+    _sampling_args(s)
     return p
+
+
+def _sampling_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; < 1 is more conservative")
+    g.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely colors")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set of colors with "
+                   "this total probability")  # fmt: skip
+    g.add_argument("--greedy", action="store_true", help="always take the most likely color (no sampling)")
+    g.add_argument("--seed", type=int, default=0, help="random seed; same seed, batch size and device give the "
+                   "same images (default 0)")  # fmt: skip
+    g.add_argument("--batch-size", type=int, default=16, help="images generated at once (default 16)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model precision; half precision needs CUDA")  # fmt: skip
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        return {"info": _info, "init": _init, "score": _score}[args.command](args)
+        commands = {"info": _info, "init": _init, "score": _score, "sample": _sample, "complete": _complete}
+        return commands[args.command](args)
     except (ValueError, OSError) as e:  # our errors are written to be read: one line, no traceback
         if args.verbose:
             raise
@@ -159,6 +202,69 @@ def _score(args) -> int:
         image_grid([[r, q] for r, q in zip(raw, quantized)]).save(args.out)
         print(f"wrote {args.out}")
     return 0
+
+
+def _load_for_sampling(args):
+    import torch
+
+    from imagegpt import ImageGPTForCausalImageModeling
+    from imagegpt.processor import ImageGPTImageProcessor
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
+    dtype = getattr(torch, args.dtype)
+    if dtype != torch.float32 and not device.startswith("cuda"):
+        raise ValueError(f"--dtype {args.dtype} needs a CUDA device (half precision is slow or missing on CPUs)")
+    model = ImageGPTForCausalImageModeling.from_pretrained(args.model).to(device=device, dtype=dtype).eval()
+    proc = ImageGPTImageProcessor.from_pretrained(args.model)
+    options = dict(batch_size=args.batch_size, do_sample=not args.greedy, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, progress=not args.quiet)  # fmt: skip
+    return model, proc, options
+
+
+def _sample(args) -> int:
+    import math
+    import time
+
+    from imagegpt.completion import sample
+    from imagegpt.viz import image_grid
+
+    model, proc, options = _load_for_sampling(args)
+    start = time.perf_counter()
+    result = sample(model, proc, args.n, **options)
+    seconds = time.perf_counter() - start
+    cols = math.ceil(math.sqrt(args.n))
+    images = list(result.images)
+    _save(image_grid([images[i : i + cols] for i in range(0, len(images), cols)]), args.out)
+    print(f"wrote {args.out}: {args.n} samples in {seconds:.1f} s ({args.n / seconds:.2f} images/s)")
+    return 0
+
+
+def _complete(args) -> int:
+    import time
+
+    from imagegpt.completion import complete
+    from imagegpt.viz import image_grid
+
+    model, proc, options = _load_for_sampling(args)
+    rows = proc.size["height"] // 2 if args.rows is None else args.rows
+    start = time.perf_counter()
+    result = complete(model, proc, [str(p) for p in args.images], rows, args.samples, **options)
+    seconds = time.perf_counter() - start
+    grid = [[prompt, *done, original] for prompt, done, original in
+            zip(result.prompts, result.images, result.originals)]  # fmt: skip
+    _save(image_grid(grid), args.out)
+    print(f"wrote {args.out}: {len(args.images)} images x {args.samples} completions from the top {rows} of "
+          f"{proc.size['height']} rows in {seconds:.1f} s")  # fmt: skip
+    return 0
+
+
+def _save(image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ from imagegpt.checkpoint import PreTrainedMixin
 from imagegpt.config import ImageGPTConfig
 from imagegpt.model import ImageGPTModel
 from imagegpt.outputs import CausalLMOutput, ImageClassifierOutput
+from imagegpt.sampling import generate
 
 __all__ = [
     "ImageGPTForCausalImageModeling",
@@ -49,6 +50,10 @@ class ImageGPTForCausalImageModeling(PreTrainedMixin, nn.Module):
                                 out.cross_attentions)  # fmt: skip
         return_dict = self.config.return_dict if return_dict is None else return_dict
         return result if return_dict else result.to_tuple()
+
+    def generate(self, input_ids: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """transformers-compatible ``generate`` on a static KV cache; see :func:`imagegpt.sampling.generate`."""
+        return generate(self, input_ids, **kwargs)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -308,6 +308,17 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         )
         return out if return_dict else out.to_tuple()
 
+    def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The forward path for samplers, which check the prompt once: ids (B, T) continue the sequences in
+        ``cache`` (positions follow its length); returns the final hidden states (B, T, n_embd)."""
+        past, t = cache.get_seq_length(), input_ids.shape[1]
+        x = self.wte(input_ids) + self.wpe.weight[past : past + t]  # (B, T, E)
+        mask = _attention_mask(None, x.shape[0], t, past, x.device)
+        eager = self.attn_implementation == "eager"
+        for block in self.h:
+            x = block(x, mask, past == 0, cache, eager)[0]
+        return self.ln_f(x)
+
     def _embed(self, input_ids, inputs_embeds, token_type_ids, position_ids, past: int) -> torch.Tensor:
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):

@@ -1,0 +1,212 @@
+"""Fast autoregressive sampling: a static KV cache, one prefill of the prompt, then one-token decode steps.
+
+gpt-fast's recipe: the cache for the whole sequence is allocated once (no per-step concatenation as in
+transformers' dynamic cache), the prompt goes through the model in a single forward, and every later step feeds
+one token per sequence. Token choice happens on the model's device without host synchronisation (the Gumbel-max
+form of sampling), so a CUDA run only syncs when the caller looks at the tokens.
+
+:func:`iter_tokens` is the engine; :func:`generate` is transformers' ``generate`` for this model (also bound as
+``ImageGPTForCausalImageModeling.generate``). Image-level helpers (``sample``, ``complete``, row streaming) live
+in :mod:`imagegpt.completion`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from imagegpt.kv_cache import KVCache
+
+__all__ = ["filter_logits", "choose_tokens", "iter_tokens", "generate", "make_generator"]
+
+GENERATE_DEFAULTS = dict(new_tokens=20, top_k=50)  # transformers' generation defaults
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """transformers' warpers in their order: divide by ``temperature``, keep the ``top_k`` largest logits (ties
+    with the k-th kept), then the smallest set whose probability reaches ``top_p``. Excluded logits become -inf.
+    ``logits`` (B, V) float32."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1)  # ascending, as transformers
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum <= 1.0 - top_p
+        drop[:, -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token per row of ``logits`` (B, V): argmax when not sampling, else a draw from the filtered softmax.
+
+    Sampling uses the Gumbel-max identity argmax(p / E) with E ~ Exp(1): an exact draw from p that stays on the
+    device (``torch.multinomial`` would synchronise with the host on CUDA).
+    """
+    logits = logits.float()
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (None: use torch's global generator)."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature} (for greedy decoding pass do_sample=False)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be a non-negative integer (0 or None: no top-k filter), got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def check_prompt(model, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Validate a prompt (B, T) of token ids for ``model`` before decoding ``max_new_tokens`` after it."""
+    cfg = model.config
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids))}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.vocab_size:
+        raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size}) (colors 0..{cfg.vocab_size - 2}, start "
+                         f"token {cfg.vocab_size - 1}), got values in [{int(input_ids.min())}, "
+                         f"{int(input_ids.max())}]")  # fmt: skip
+    t = input_ids.shape[1]
+    if t > cfg.n_positions:
+        raise ValueError(f"the prompt has {t} tokens but the model has only n_positions={cfg.n_positions}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    # The last new token is predicted from position t + max_new_tokens - 2 and never fed back in.
+    if t + max_new_tokens > cfg.n_positions + 1:
+        raise ValueError(f"{t} prompt tokens + {max_new_tokens} new ones need {t + max_new_tokens - 1} positions; "
+                         f"the model has n_positions={cfg.n_positions} (at most {cfg.n_positions + 1 - t} new "
+                         f"tokens after this prompt)")  # fmt: skip
+    return input_ids
+
+
+@torch.inference_mode()
+def iter_tokens(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every sequence, (B,) on the model's device, ``max_new_tokens`` times.
+
+    ``model`` is an :class:`~imagegpt.ImageGPTForCausalImageModeling`; ``input_ids`` (B, T) is the prompt,
+    usually led by the start token. The start token is never produced (the LM head has no output for it).
+    """
+    _check_sampling(temperature, top_k, top_p)
+    input_ids = check_prompt(model, input_ids, max_new_tokens)
+    if max_new_tokens == 0:
+        return
+    cfg, body = model.config, model.transformer
+    device, dtype = body.wte.weight.device, body.wte.weight.dtype
+    batch, t = input_ids.shape
+    capacity = t + max_new_tokens - 1  # the final token is never fed back
+    cache = KVCache.static(cfg.n_layer, batch, cfg.n_head, cfg.n_embd // cfg.n_head, capacity, dtype=dtype,
+                           device=device)  # fmt: skip
+    step = _step_fn(model)
+    pick = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    tokens = choose_tokens(step(input_ids.to(device), cache), **pick)  # prefill
+    for i in range(max_new_tokens):
+        yield tokens
+        if i + 1 < max_new_tokens:
+            tokens = choose_tokens(step(tokens[:, None], cache), **pick)
+
+
+def _step_fn(model) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
+    """(B, T) ids + cache -> logits (B, V) of the last position: the model's own decoder forward (no checks
+    repeated per step) and the LM head applied to the last position only."""
+    body, head = model.transformer, model.lm_head
+
+    def step(ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        return head(body.decode(ids, cache)[:, -1])
+
+    return step
+
+
+def generate(
+    model,
+    input_ids: torch.Tensor | None = None,
+    max_length: int | None = None,
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    num_return_sequences: int = 1,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """transformers' ``generate`` for ImageGPT: returns (B * num_return_sequences, T + new) token ids.
+
+    Same arguments and defaults as transformers (20 new tokens when no length is given, ``top_k`` 50 when
+    sampling); greedy when ``do_sample`` is False. Extra: ``generator`` or ``seed`` for reproducible draws.
+    A full 32x32 image is ``max_length=model.config.n_positions + 1`` from the start token alone, as in
+    transformers' ImageGPT example. Prompts must be unpadded (``attention_mask``, if given, all ones).
+    """
+    ignored = {"pad_token_id", "eos_token_id", "bos_token_id", "use_cache", "output_scores", "return_dict_in_generate"}
+    unknown = set(kwargs) - ignored
+    if unknown:
+        raise TypeError(f"generate() got unsupported argument(s): {', '.join(sorted(unknown))}")
+    if kwargs.get("eos_token_id") is not None:
+        raise ValueError("ImageGPT has no end-of-sequence token; images end after a fixed number of pixels")
+    if kwargs.get("return_dict_in_generate"):
+        raise ValueError("return_dict_in_generate is not supported; generate returns the token ids")
+    device = model.transformer.wte.weight.device
+    if input_ids is None:  # one sequence from the start token
+        input_ids = torch.full((1, 1), model.config.vocab_size - 1, dtype=torch.long, device=device)
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if attention_mask is not None and not bool((attention_mask == 1).all()):
+        raise ValueError("padded prompts are not supported: give prompts of equal length (attention_mask all ones)")
+    if max_new_tokens is None:  # as transformers: max_new_tokens wins over max_length; default 20 new tokens
+        max_new_tokens = GENERATE_DEFAULTS["new_tokens"] if max_length is None else max_length - input_ids.shape[1]
+    if max_new_tokens <= 0:
+        raise ValueError(f"nothing to generate: the prompt has {input_ids.shape[1]} tokens and max_length is "
+                         f"{input_ids.shape[1] + max_new_tokens}")  # fmt: skip
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+    if num_return_sequences > 1:
+        input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+    if do_sample and top_k is None:
+        top_k = GENERATE_DEFAULTS["top_k"]
+    if generator is None and seed is not None:
+        generator = make_generator(seed, device)
+    steps = iter_tokens(model, input_ids, max_new_tokens, do_sample=do_sample,
+                        temperature=1.0 if temperature is None else temperature, top_k=top_k or None,
+                        top_p=top_p, generator=generator)  # fmt: skip
+    new = list(steps)
+    return torch.cat([input_ids.to(device), torch.stack(new, dim=1)], dim=1)

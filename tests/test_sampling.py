@@ -1,0 +1,147 @@
+"""The sampler: greedy parity with transformers' generate, cached logits, seeding, top-k/top-p, bad prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY, randomize_
+from imagegpt import ImageGPTForCausalImageModeling, KVCache
+from imagegpt.sampling import _step_fn, choose_tokens, filter_logits, generate, iter_tokens, make_generator
+
+SHAPES = [
+    {},  # TINY: 16 colors, 64 positions, 2 layers x 32
+    dict(vocab_size=9, n_positions=36, n_embd=48, n_head=6, n_layer=3),
+    dict(vocab_size=33, n_positions=16, n_embd=16, n_head=2, n_layer=1),
+]
+
+
+def pair(transformers, tmp_path, **overrides):
+    cfg = transformers.ImageGPTConfig(**{**TINY, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+                                         **overrides})  # fmt: skip
+    hf = randomize_(transformers.ImageGPTForCausalImageModeling(cfg).eval())
+    hf.save_pretrained(tmp_path)
+    return hf, ImageGPTForCausalImageModeling.from_pretrained(tmp_path).eval()
+
+
+def prompt(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size - 1, (batch, length), generator=g)
+    ids[:, 0] = model.config.vocab_size - 1  # the start token leads
+    return ids
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["tiny", "wide", "one-layer"])
+@pytest.mark.parametrize("batch,length", [(1, 1), (3, 1), (2, 5), (4, 12)])
+def test_greedy_matches_transformers_generate(transformers, tmp_path, shape, batch, length):
+    hf, ours = pair(transformers, tmp_path, **shape)
+    ids = prompt(ours, batch, length)
+    total = ours.config.n_positions + 1  # a whole image: the last token is predicted, never fed back
+    expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_length=total, do_sample=False)
+    got = ours.generate(ids, max_length=total)
+    assert got.shape == expected.shape == (batch, total)
+    assert torch.equal(got, expected)
+
+
+def test_sampled_shape_matches_transformers(transformers, tmp_path):
+    hf, ours = pair(transformers, tmp_path)
+    ids = prompt(ours, 2, 3)
+    for kwargs in [dict(max_new_tokens=7), dict(max_length=30, num_return_sequences=3), {}]:
+        expected = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=5, **kwargs)
+        got = ours.generate(ids, do_sample=True, top_k=5, **kwargs)
+        assert got.shape == expected.shape
+        assert torch.equal(got[:, : ids.shape[1]], ids.repeat_interleave(kwargs.get("num_return_sequences", 1), 0))
+
+
+@pytest.mark.parametrize("prefill", [1, 4, 20])
+def test_cached_step_logits_equal_full_forward(tmp_path, prefill):
+    model = randomize_(ImageGPTForCausalImageModeling(_config()).eval())
+    seq = prompt(model, 3, model.config.n_positions)
+    with torch.inference_mode():
+        full = model(seq).logits  # (B, T, V-1)
+        cfg = model.config
+        cache = KVCache.static(cfg.n_layer, 3, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.n_positions)
+        step = _step_fn(model)
+        torch.testing.assert_close(step(seq[:, :prefill], cache), full[:, prefill - 1], atol=1e-5, rtol=1e-5)
+        for pos in range(prefill, cfg.n_positions):
+            torch.testing.assert_close(step(seq[:, pos : pos + 1], cache), full[:, pos], atol=1e-5, rtol=1e-5)
+
+
+def _config(**overrides):
+    from conftest import tiny_config
+
+    return tiny_config(**overrides)
+
+
+def test_seeded_runs_reproduce_and_seeds_differ():
+    model = randomize_(ImageGPTForCausalImageModeling(_config()).eval())
+    ids = prompt(model, 4, 2)
+    a = generate(model, ids, max_new_tokens=40, do_sample=True, seed=7)
+    b = generate(model, ids, max_new_tokens=40, do_sample=True, generator=make_generator(7, "cpu"))
+    c = generate(model, ids, max_new_tokens=40, do_sample=True, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 3, None), (0.7, None, 0.5), (1.3, 5, 0.8), (1.0, 1, None)])
+def test_filtered_sampling_never_emits_excluded_tokens(temperature, top_k, top_p):
+    model = randomize_(ImageGPTForCausalImageModeling(_config()).eval())
+    ids = prompt(model, 6, 1)
+    out = generate(model, ids, max_length=model.config.n_positions + 1, do_sample=True, temperature=temperature,
+                   top_k=top_k, top_p=top_p, seed=0)  # fmt: skip
+    with torch.inference_mode():
+        logits = model(out[:, :-1]).logits  # (B, T, V-1): the distribution each token was drawn from
+    allowed = filter_logits(logits.flatten(0, 1), temperature, top_k, top_p).isfinite().view(logits.shape)
+    drawn = out[:, 1:]
+    assert allowed.gather(-1, drawn[..., None]).all()
+    assert (drawn < model.config.vocab_size - 1).all()  # never the start token
+    if top_k == 1:
+        assert torch.equal(out, generate(model, ids, max_length=model.config.n_positions + 1))
+
+
+def test_filters_match_transformers_warpers(transformers):
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(8, 50) * 3
+    logits[0, :5] = 2.0  # ties at the top-k boundary
+    for t, k, p in [(1.0, 4, None), (0.5, None, 0.9), (2.0, 10, 0.3), (1.0, None, 0.999)]:
+        expected = TemperatureLogitsWarper(t)(None, logits.clone())
+        if k is not None:
+            expected = TopKLogitsWarper(k)(None, expected)
+        if p is not None:
+            expected = TopPLogitsWarper(p)(None, expected)
+        got = filter_logits(logits, t, k, p)
+        assert torch.equal(got.isinf(), expected.isinf())
+        torch.testing.assert_close(got[got.isfinite()], expected[expected.isfinite()])
+
+
+def test_gumbel_draws_follow_the_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]]).repeat(20000, 1)
+    g = make_generator(0, "cpu")
+    counts = torch.bincount(choose_tokens(logits, generator=g), minlength=5).float() / 20000
+    torch.testing.assert_close(counts, logits[0].softmax(-1), atol=0.012, rtol=0)
+
+
+def test_bad_prompts_and_settings_are_clear_errors():
+    model = ImageGPTForCausalImageModeling(_config()).eval()
+    n = model.config.n_positions
+    start = model.config.vocab_size - 1
+    with pytest.raises(ValueError, match="n_positions"):
+        generate(model, torch.full((1, n + 1), start), max_new_tokens=1)
+    with pytest.raises(ValueError, match="at most 1 new"):
+        generate(model, torch.full((1, n), start), max_new_tokens=2)
+    assert generate(model, torch.full((1, n), start), max_new_tokens=1).shape == (1, n + 1)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 17\)"):
+        generate(model, torch.tensor([[start, 17]]), max_new_tokens=1)
+    with pytest.raises(TypeError, match="integer"):
+        generate(model, torch.zeros(1, 2), max_new_tokens=1)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, do_sample=True, top_p=1.5)
+    with pytest.raises(ValueError, match="padded"):
+        generate(model, torch.tensor([[start, 3]]), attention_mask=torch.tensor([[0, 1]]))
+    with pytest.raises(TypeError, match="num_beams"):
+        generate(model, num_beams=4)
+    assert generate(model).shape == (1, 21)  # transformers' default: 20 new tokens
+    assert list(iter_tokens(model, torch.tensor([[start]]), 0)) == []
