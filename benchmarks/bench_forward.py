@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 SHAPES = {
     "small": dict(n_embd=512, n_head=8, n_layer=24, n_positions=1024, vocab_size=513),
+    "mini": dict(n_embd=256, n_head=8, n_layer=8, n_positions=1024, vocab_size=513),
     "tiny": dict(n_embd=64, n_head=4, n_layer=2, n_positions=256, vocab_size=65),
 }
 

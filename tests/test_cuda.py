@@ -66,3 +66,33 @@ def test_cuda_training_step_runs_with_autocast():
         loss = model(ids, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+
+
+def test_cuda_sampler_greedy_matches_cpu_and_seeds_reproduce():
+    from imagegpt.sampling import generate
+
+    model = randomize_(imagegpt.ImageGPTForCausalImageModeling(tiny_config())).eval()
+    ids = torch.full((3, 1), 16)
+    cpu = generate(model, ids, max_length=65)
+    model.cuda()
+    gpu = generate(model, ids.cuda(), max_length=65)
+    assert torch.equal(gpu.cpu(), cpu)
+    assert torch.equal(generate(model, ids.cuda(), max_length=65, cuda_graph=False).cpu(), cpu)
+    a = generate(model, ids.cuda(), max_length=65, do_sample=True, top_k=5, seed=3)
+    b = generate(model, ids.cuda(), max_length=65, do_sample=True, top_k=5, seed=3)
+    c = generate(model, ids.cuda(), max_length=65, do_sample=True, top_k=5, seed=3, cuda_graph=False)
+    assert a.device.type == "cuda" and torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_half_precision_sampling(dtype):
+    from imagegpt.completion import complete
+    from imagegpt.palette import grayscale_palette
+    from imagegpt.processor import ImageGPTImageProcessor
+
+    model = randomize_(imagegpt.ImageGPTForCausalImageModeling(tiny_config())).to("cuda", dtype).eval()
+    proc = ImageGPTImageProcessor(clusters=grayscale_palette(16), size={"height": 8, "width": 8})
+    image = (torch.arange(64).reshape(8, 8) * 4).to(torch.uint8).numpy()
+    result = complete(model, proc, [image, image], rows=3, samples=2, seed=0, top_p=0.9)
+    kept = proc(image, return_tensors="np")["input_ids"][0, :24]
+    assert result.ids.shape == (2, 2, 64) and (result.ids[:, :, :24] == kept).all() and (result.ids < 16).all()

@@ -242,3 +242,28 @@ def test_inference_mlp_matches_autograd_mlp():
     with torch.inference_mode():
         without = model(ids).logits
     torch.testing.assert_close(without, with_grad.detach(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_bidirectional_config_attends_both_ways_and_round_trips(tmp_path, attn):
+    """The BERT objective's model: config "bidirectional": true; the first position sees the last."""
+    from imagegpt import ImageGPTModel
+
+    model = ImageGPTModel(tiny_config(bidirectional=True)).eval()
+    model.attn_implementation = attn
+    ids = torch.randint(0, 16, (2, 10))
+    changed = ids.clone()
+    changed[:, -1] = (ids[:, -1] + 1) % 16
+    with torch.no_grad():
+        a, b = model(ids).last_hidden_state, model(changed).last_hidden_state
+        assert (a[:, 0] - b[:, 0]).abs().max() > 1e-4  # a causal model would not see the change at position 0
+        mask = torch.ones_like(ids)
+        mask[1, 7:] = 0
+        padded = model(ids, attention_mask=mask).last_hidden_state
+        alone = model(ids[1:, :7]).last_hidden_state
+        torch.testing.assert_close(padded[1, :7], alone[0], atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = ImageGPTModel.from_pretrained(tmp_path).eval()
+    assert not loaded.causal
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).last_hidden_state, a)

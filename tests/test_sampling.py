@@ -7,7 +7,16 @@ import torch
 
 from conftest import TINY, randomize_
 from imagegpt import ImageGPTForCausalImageModeling, KVCache
-from imagegpt.sampling import _step_fn, choose_tokens, filter_logits, generate, iter_tokens, make_generator
+from imagegpt.sampling import (
+    _step_fn,
+    choose_tokens,
+    filter_logits,
+    generate,
+    iter_tokens,
+    make_generator,
+    onednn_available,
+    packed_linears,
+)
 
 SHAPES = [
     {},  # TINY: 16 colors, 64 positions, 2 layers x 32
@@ -65,6 +74,40 @@ def test_cached_step_logits_equal_full_forward(tmp_path, prefill):
         torch.testing.assert_close(step(seq[:, :prefill], cache), full[:, prefill - 1], atol=1e-5, rtol=1e-5)
         for pos in range(prefill, cfg.n_positions):
             torch.testing.assert_close(step(seq[:, pos : pos + 1], cache), full[:, pos], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_fixed_shape_steps_equal_full_forward(attn):
+    """The CUDA-graph mode (cache written at a tensor position, attention over the whole masked buffer)."""
+    model = randomize_(ImageGPTForCausalImageModeling(_config()).eval())
+    model.transformer.attn_implementation = attn
+    seq = prompt(model, 2, 30)
+    cfg = model.config
+    with torch.inference_mode():
+        full = model(seq).logits
+        cache = KVCache.static(cfg.n_layer, 2, cfg.n_head, cfg.n_embd // cfg.n_head, 40)
+        step = _step_fn(model)
+        step(seq[:, :5], cache)
+        cache.position = torch.zeros(1, dtype=torch.long)
+        for pos in range(5, 30):
+            cache.position.fill_(pos)
+            torch.testing.assert_close(step(seq[:, pos : pos + 1], cache), full[:, pos], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
+def test_packed_cpu_linears_give_the_same_logits_and_are_removed_after():
+    model = randomize_(ImageGPTForCausalImageModeling(_config()).eval())
+    seq = prompt(model, 3, 20)  # 60 rows: under PACKED_MAX_ROWS, so the packed weights are used
+    with torch.inference_mode():
+        expected = model(seq).logits
+        with packed_linears(model, 3):
+            assert "forward" in vars(model.lm_head)
+            got = model(seq).logits
+        assert not any("forward" in vars(m) for m in model.modules())
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    ids = prompt(model, 2, 3)
+    packed = generate(model, ids, max_length=65, cpu_packed=True)
+    assert torch.equal(packed, generate(model, ids, max_length=65, cpu_packed=False))
 
 
 def _config(**overrides):

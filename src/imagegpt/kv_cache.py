@@ -32,6 +32,9 @@ class KVCache:
         self._owned = [False] * n_layer
         # Cross-attention keys/values are computed once from the encoder states and reused at every step.
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+        # Fixed-shape decoding (for CUDA graphs): when set, a (T,) tensor of the positions being written; update()
+        # writes there and returns the whole buffers, and the model masks the positions not written yet.
+        self.position: torch.Tensor | None = None
 
     @classmethod
     def static(
@@ -72,9 +75,13 @@ class KVCache:
 
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append (B, n_head, T, head_dim) keys/values to ``layer``; return all of them so far."""
+        buf_k, buf_v = self._keys[layer], self._values[layer]
+        if self.position is not None:  # same shapes at every step: nothing here depends on a Python length
+            buf_k.index_copy_(2, self.position, keys)
+            buf_v.index_copy_(2, self.position, values)
+            return buf_k, buf_v
         start = self._lengths[layer]
         end = start + keys.shape[2]
-        buf_k, buf_v = self._keys[layer], self._values[layer]
         if buf_k is None:
             # First chunk of an implicitly created cache: keep the tensors themselves, no copy.
             self._keys[layer], self._values[layer], self._lengths[layer] = keys, values, end

@@ -194,11 +194,11 @@ class ImageGPTBlock(nn.Module):
 
 
 def _attention_mask(
-    attention_mask: torch.Tensor | None, batch: int, t: int, past: int, device: torch.device
+    attention_mask: torch.Tensor | None, batch: int, t: int, past: int, device: torch.device, causal: bool = True
 ) -> torch.Tensor | None:
     """Boolean (B, 1, T, past + T) mask, True = may attend, or None when plain causal attention is enough."""
     if attention_mask is None:
-        if past == 0 or t == 1:  # SDPA's is_causal (no past) or a single query that sees everything
+        if past == 0 or t == 1 or not causal:  # SDPA's is_causal (no past), one query that sees all, or no mask
             return None
         pad = None
     else:
@@ -208,6 +208,8 @@ def _attention_mask(
                 f"got {tuple(attention_mask.shape)}"
             )
         pad = attention_mask.to(device=device).bool()
+        if not causal:  # bidirectional: every query sees every real token
+            return pad[:, None, None, :]
     rows = torch.arange(past, past + t, device=device)[:, None]
     cols = torch.arange(past + t, device=device)[None, :]
     causal = cols <= rows  # (T, S)
@@ -233,6 +235,8 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         self.h = nn.ModuleList(ImageGPTBlock(config, i) for i in range(config.n_layer))
         self.ln_f = ImageGPTLayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.attn_implementation = "sdpa"  # or "eager": the reference path
+        # The paper's BERT objective trains with bidirectional attention: config "bidirectional": true
+        self.causal = not bool(getattr(config, "bidirectional", False))
         self.gradient_checkpointing = False
         self.init_weights()
 
@@ -279,7 +283,7 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         past = cache.get_seq_length() if cache is not None else 0
         x = self._embed(input_ids, inputs_embeds, token_type_ids, position_ids, past)
         batch, t = x.shape[:2]
-        mask = _attention_mask(attention_mask, batch, t, past, x.device)
+        mask = _attention_mask(attention_mask, batch, t, past, x.device, self.causal)
         enc, enc_mask = self._encoder_inputs(encoder_hidden_states, encoder_attention_mask, batch)
         eager = output_attentions or self.attn_implementation == "eager"
 
@@ -287,7 +291,7 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         for block in self.h:
             if output_hidden_states:
                 hidden.append(x)
-            args = (x, mask, past == 0, cache, eager, enc, enc_mask)
+            args = (x, mask, past == 0 and self.causal, cache, eager, enc, enc_mask)
             if self.gradient_checkpointing and self.training:
                 x, w, cw = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -311,10 +315,16 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
     def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """The forward path for samplers, which check the prompt once: ids (B, T) continue the sequences in
         ``cache`` (positions follow its length); returns the final hidden states (B, T, n_embd)."""
+        eager = self.attn_implementation == "eager"
+        if cache.position is not None:  # fixed shapes (CUDA graphs): attend over the whole buffer, masked
+            x = self.wte(input_ids) + self.wpe(cache.position)  # (B, T, E)
+            mask = torch.arange(cache.capacity, device=x.device) <= cache.position[:, None]  # (T, capacity)
+            for block in self.h:
+                x = block(x, mask[None, None], False, cache, eager)[0]
+            return self.ln_f(x)
         past, t = cache.get_seq_length(), input_ids.shape[1]
         x = self.wte(input_ids) + self.wpe.weight[past : past + t]  # (B, T, E)
         mask = _attention_mask(None, x.shape[0], t, past, x.device)
-        eager = self.attn_implementation == "eager"
         for block in self.h:
             x = block(x, mask, past == 0, cache, eager)[0]
         return self.ln_f(x)

@@ -12,14 +12,19 @@ in :mod:`imagegpt.completion`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from imagegpt.kv_cache import KVCache
 
 __all__ = ["filter_logits", "choose_tokens", "iter_tokens", "generate", "make_generator"]
 
+PACKED_MAX_ROWS = 64  # packed oneDNN weights win for decode steps (a few rows), lose for long prefills
 GENERATE_DEFAULTS = dict(new_tokens=20, top_k=50)  # transformers' generation defaults
 
 
@@ -119,11 +124,16 @@ def iter_tokens(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    cuda_graph: bool | None = None,
+    cpu_packed: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,) on the model's device, ``max_new_tokens`` times.
 
     ``model`` is an :class:`~imagegpt.ImageGPTForCausalImageModeling`; ``input_ids`` (B, T) is the prompt,
     usually led by the start token. The start token is never produced (the LM head has no output for it).
+    ``cuda_graph`` (default: on for CUDA models) replays each decode step as one captured CUDA graph;
+    ``cpu_packed`` (default: on for float32 CPU models where oneDNN is present) runs the linear layers on
+    weights repacked for oneDNN (:func:`packed_linears`).
     """
     _check_sampling(temperature, top_k, top_p)
     input_ids = check_prompt(model, input_ids, max_new_tokens)
@@ -135,13 +145,86 @@ def iter_tokens(
     capacity = t + max_new_tokens - 1  # the final token is never fed back
     cache = KVCache.static(cfg.n_layer, batch, cfg.n_head, cfg.n_embd // cfg.n_head, capacity, dtype=dtype,
                            device=device)  # fmt: skip
-    step = _step_fn(model)
+    if cpu_packed is None:
+        cpu_packed = device.type == "cpu" and dtype == torch.float32 and onednn_available()
     pick = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    with packed_linears(model, batch) if cpu_packed else contextlib.nullcontext():
+        yield from _decode(model, input_ids, max_new_tokens, cache, cuda_graph, pick)
+
+
+def _decode(model, input_ids: torch.Tensor, max_new_tokens: int, cache: KVCache, cuda_graph: bool | None,
+            pick: dict) -> Iterator[torch.Tensor]:  # fmt: skip
+    device = model.transformer.wte.weight.device
+    step = _step_fn(model)
     tokens = choose_tokens(step(input_ids.to(device), cache), **pick)  # prefill
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
+    if cuda_graph and max_new_tokens > 1:
+        step = _GraphedStep(step, cache, len(input_ids), device)
     for i in range(max_new_tokens):
         yield tokens
         if i + 1 < max_new_tokens:
             tokens = choose_tokens(step(tokens[:, None], cache), **pick)
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's packed-weight linear (x86 CPU builds do)."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    return torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+
+
+@contextlib.contextmanager
+def packed_linears(model, batch: int) -> Iterator[None]:
+    """While active, the model's linear layers run on copies of their weights reordered for oneDNN's matmul
+    (a blocked layout sized for ``batch`` rows), float32, CPU, inference only. Decoding feeds a few rows per step
+    and is bound by streaming the weights: this layout streams them about 1.5x faster than MKL's sgemm on
+    row-major weights (benchmarks/README.md). The extra copy lives only inside the ``with`` block."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        packed = [torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch) for m in linears]
+    for module, weight in zip(linears, packed):
+        module.forward = functools.partial(_packed_forward, module, weight)  # shadows nn.Linear.forward
+    try:
+        yield
+    finally:
+        for module in linears:
+            del module.forward
+
+
+def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() > PACKED_MAX_ROWS * x.shape[-1]:  # a prefill: MKL's sgemm is faster on many rows
+        return F.linear(x, module.weight, module.bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+
+
+class _GraphedStep:
+    """One decode step captured as a CUDA graph and replayed: the ~10 kernels per layer launch at once, instead
+    of one Python dispatch each (which bounds small-batch decoding on a GPU). Fixed shapes: the cache is written
+    at a position held in a tensor and attention runs over the whole buffer, masked past the current position."""
+
+    def __init__(self, step: Callable, cache: KVCache, batch: int, device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError("cuda_graph=True needs the model on a CUDA device")
+        self.next_position = cache.get_seq_length()
+        self.ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
+        # Warm-up and capture write into the last slot, which only the final decode step fills for real.
+        cache.position = torch.full((1,), cache.capacity - 1, dtype=torch.long, device=device)
+        self.position = cache.position
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            step(self.ids, cache)  # warm-up: lazy initialisations happen outside the capture
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step(self.ids, cache)
+
+    def __call__(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        self.ids.copy_(ids)
+        self.position.fill_(self.next_position)
+        self.next_position += 1
+        self.graph.replay()
+        return self.logits
 
 
 def _step_fn(model) -> Callable[[torch.Tensor, KVCache], torch.Tensor]:
@@ -168,6 +251,8 @@ def generate(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     attention_mask: torch.Tensor | None = None,
+    cuda_graph: bool | None = None,
+    cpu_packed: bool | None = None,
     **kwargs,
 ) -> torch.Tensor:
     """transformers' ``generate`` for ImageGPT: returns (B * num_return_sequences, T + new) token ids.
@@ -176,6 +261,7 @@ def generate(
     sampling); greedy when ``do_sample`` is False. Extra: ``generator`` or ``seed`` for reproducible draws.
     A full 32x32 image is ``max_length=model.config.n_positions + 1`` from the start token alone, as in
     transformers' ImageGPT example. Prompts must be unpadded (``attention_mask``, if given, all ones).
+    ``cuda_graph``, ``cpu_packed``: see :func:`iter_tokens`.
     """
     ignored = {"pad_token_id", "eos_token_id", "bos_token_id", "use_cache", "output_scores", "return_dict_in_generate"}
     unknown = set(kwargs) - ignored
@@ -207,6 +293,7 @@ def generate(
         generator = make_generator(seed, device)
     steps = iter_tokens(model, input_ids, max_new_tokens, do_sample=do_sample,
                         temperature=1.0 if temperature is None else temperature, top_k=top_k or None,
-                        top_p=top_p, generator=generator)  # fmt: skip
+                        top_p=top_p, generator=generator, cuda_graph=cuda_graph,
+                        cpu_packed=cpu_packed)  # fmt: skip
     new = list(steps)
     return torch.cat([input_ids.to(device), torch.stack(new, dim=1)], dim=1)
