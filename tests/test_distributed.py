@@ -51,7 +51,7 @@ def test_two_processes_match_one_with_the_global_batch(tmp_path):
     sets = [f"{k}={json.dumps(v)}" for k, v in {**SETTINGS, "batch_size": 2, "device": "cpu"}.items()]
     sets += [f"model.{k}={v}" for k, v in model.items()]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "imagegpt.cli_train", "train", "--data", str(data), "--out", str(tmp_path / "two"), "--quiet"]
+           "-m", "imagegpt", "train", "--data", str(data), "--out", str(tmp_path / "two"), "--quiet"]
     for item in sets:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -88,6 +88,16 @@ def test_resume_gives_the_same_loss_curve(tokens, tmp_path, dropout):
     assert straight["train_loss"] == pytest.approx(second["train_loss"], abs=1e-6)
 
 
+def test_grad_accumulation_matches_the_larger_batch(tokens, tmp_path):
+    from safetensors.torch import load_file
+
+    train(tiny_cfg(tokens, tmp_path / "big", batch_size=4, max_steps=3, save_interval=100))
+    train(tiny_cfg(tokens, tmp_path / "accum", batch_size=2, grad_accum=2, max_steps=3, save_interval=100))
+    big, accum = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("big", "accum"))
+    for key in big:
+        torch.testing.assert_close(accum[key], big[key], atol=1e-5, rtol=0, msg=key)
+
+
 def test_sigint_finishes_the_step_and_saves(tokens, tmp_path):
     def interrupt(step, record):
         if step == 2:
@@ -208,30 +218,30 @@ def test_lr_schedule():
 
 
 def test_cli_pipeline(tmp_path, capsys):
-    from imagegpt import cli, cli_train
+    from imagegpt import cli
 
     images = tmp_path / "images"
     images.mkdir()
     for i, array in enumerate(synthetic_images(12, seed=1)):
         Image.fromarray(array).save(images / f"{i:02d}.png")
     pal, tok, run = tmp_path / "palette", tmp_path / "tokens", tmp_path / "run"
-    assert cli_train.main(["fit-palette", str(images), "--k", "8", "--grayscale", "--size", "8", "--out",
+    assert cli.main(["fit-palette", str(images), "--k", "8", "--grayscale", "--size", "8", "--out",
                            str(pal)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "k=8" in printed and "nats" in printed and "bits" in printed
-    assert cli_train.main(["tokenize", str(images), "--palette", str(pal), "--out", str(tok),
+    assert cli.main(["tokenize", str(images), "--palette", str(pal), "--out", str(tok),
                            "--val-fraction", "0.25"]) == 0  # fmt: skip
     assert "9 train + 3 val" in capsys.readouterr().out
     argv = ["train", "--data", str(tok), "--out", str(run), "--quiet", "--set", "max_steps=3", "--set",
             "batch_size=4", "--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", "device='cpu'"]
-    assert cli_train.main(argv) == 0
+    assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "completed at step 3" in printed and "bits/dim" in printed and str(run / "final") in printed
-    assert cli_train.main(argv) == 2  # the run exists: a one-line error that says --resume
+    assert cli.main(argv) == 2  # the run exists: a one-line error that says --resume
     assert "--resume" in capsys.readouterr().err
     assert cli.main(["complete", str(images / "00.png"), "--model", str(run / "final"), "--rows", "4",
                      "--samples", "1", "--quiet", "--out", str(tmp_path / "c.png")]) == 0  # fmt: skip
     assert Image.open(tmp_path / "c.png").size[0] > 8
     with pytest.raises(SystemExit):
-        cli_train.main(["train", "--help"])
+        cli.main(["train", "--help"])
     assert "fit-palette" in capsys.readouterr().out

@@ -7,7 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-EXAMPLES = """\
+from imagegpt.cli_train import COMMANDS as TRAINING_COMMANDS
+from imagegpt.cli_train import PIPELINE
+from imagegpt.cli_train import add_parsers as add_training_parsers
+
+EXAMPLES = f"""\
 examples:
   imagegpt init --preset tiny --out runs/tiny          # a small random-weight model + palette
   imagegpt info runs/tiny                              # its size and settings
@@ -16,6 +20,7 @@ examples:
   imagegpt complete examples/*.png --model runs/tiny --rows 8 --samples 4 --top-k 40 --out runs/complete.png
   imagegpt info openai/imagegpt-small                  # Hub ids work where the Hub is reachable
 
+{PIPELINE}
 Models are directories in transformers' layout (config.json, model.safetensors, preprocessor_config.json) or
 Hub ids; a model saved by transformers loads as is.
 """
@@ -89,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=4, help="completions per image (default 4)")
     s.add_argument("--out", type=Path, default=Path("completions.png"), help="PNG grid (default completions.png)")
     _sampling_args(s)
+    add_training_parsers(sub)
     return p
 
 
@@ -112,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        commands = {"info": _info, "init": _init, "score": _score, "sample": _sample, "complete": _complete}
+        commands = {"info": _info, "init": _init, "score": _score, "sample": _sample, "complete": _complete,
+                    **TRAINING_COMMANDS}  # fmt: skip
         return commands[args.command](args)
     except (ValueError, OSError) as e:  # our errors are written to be read: one line, no traceback
         if args.verbose:

@@ -1,17 +1,17 @@
 """Training commands of the ``imagegpt`` CLI: ``fit-palette``, ``tokenize``, ``train``.
 
 :func:`add_parsers` adds them to an argparse subparsers object; :data:`COMMANDS` maps each name to its handler
-(``args`` -> exit code). ``python -m imagegpt.cli_train COMMAND ...`` runs them on their own (as torchrun needs).
+(``args`` -> exit code); :mod:`imagegpt.cli` hooks them in, and ``torchrun ... -m imagegpt train`` runs them
+under torchrun.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-__all__ = ["add_parsers", "COMMANDS", "PIPELINE", "main"]
+__all__ = ["add_parsers", "COMMANDS", "PIPELINE"]
 
 PIPELINE = """\
 a whole pipeline, on a folder of images:
@@ -26,7 +26,7 @@ TRAIN_HELP = """\
 settings come from the defaults, then --config FILE.toml, then --data/--out/--resume, then each --set:
   --set lr=1e-3 --set batch_size=16 --set model.n_embd=128 --set objective='"bert"'
 values are TOML (numbers, true/false, [0.9, 0.95]); bare words are strings. Keys: see imagegpt.train_config.
-Several GPUs or machines: torchrun --nproc_per_node 8 -m imagegpt.cli_train train --config train.toml
+Several GPUs or machines: torchrun --nproc_per_node 8 -m imagegpt train --config train.toml
 """
 
 
@@ -152,24 +152,3 @@ def _train(args) -> int:
 
 
 COMMANDS = {"fit-palette": _fit_palette, "tokenize": _tokenize, "train": _train}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m imagegpt.cli_train COMMAND ...``: these three commands alone, with the CLI's error handling."""
-    parser = argparse.ArgumentParser(prog="imagegpt", epilog=PIPELINE,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    add_parsers(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:
-        if args.verbose:
-            raise
-        print(f"imagegpt {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -7,16 +7,16 @@ batch, gradients are averaged by DistributedDataParallel, and only rank 0 logs, 
 
 One machine, 8 GPUs (an update sees ``batch_size * grad_accum * 8`` images)::
 
-    torchrun --standalone --nproc_per_node 8 -m imagegpt.cli_train train --config train.toml
+    torchrun --standalone --nproc_per_node 8 -m imagegpt train --config train.toml
 
 Two machines with 8 GPUs each (run on both; ``--node_rank`` 0 on the one at ``HOST``)::
 
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
-        -m imagegpt.cli_train train --config train.toml
+        -m imagegpt train --config train.toml
 
-CPU processes (gloo), e.g. to test on a laptop: ``torchrun --standalone --nproc_per_node 2 -m imagegpt.cli_train
+CPU processes (gloo), e.g. to test on a laptop: ``torchrun --standalone --nproc_per_node 2 -m imagegpt
 train --config train.toml --set device=cpu``. Resuming needs the same number of processes (the batch order
-depends on it). With ``imagegpt`` installed, ``-m imagegpt train`` works in place of ``-m imagegpt.cli_train
+depends on it). With ``imagegpt`` installed, ``-m imagegpt train`` works in place of ``-m imagegpt
 train``.
 """
 

@@ -38,11 +38,8 @@ import contextlib
 import json
 import logging
 import math
-import os
-import random
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -53,19 +50,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imagegpt.checkpoint import _atomic_write, atomic_write_text
 from imagegpt.config import PRESETS, ImageGPTConfig
 from imagegpt.data import TokenDataset, BatchIterator
 from imagegpt.distributed import DistInfo, all_gather_objects, init_distributed, teardown
 from imagegpt.heads import ImageGPTForCausalImageModeling
+from imagegpt.train_checkpoint import STATE_FILE, latest_checkpoint, rng_state, set_rng_state, write_checkpoint
 from imagegpt.train_config import TrainConfig
+from imagegpt.viz import plot_loss_curve
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["train", "TrainingDiverged", "lr_at", "build_model", "configure_optimizer", "compute_loss",
            "bert_mask", "evaluate", "latest_checkpoint", "plot_loss_curve"]  # fmt: skip
 
-STATE_FILE = "trainer_state.pt"
 PROCESSOR_FILE = "preprocessor_config.json"
 
 
@@ -184,125 +181,6 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], cfg: TrainConf
     return total / max(count, 1)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """Every RNG as tensors, lists and numbers, so that torch.load(weights_only=True) reads it back."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "state": list(py_state), "gauss": gauss}}  # fmt: skip
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))  # fmt: skip
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # directories cannot be fsynced everywhere (Windows); the files were
-        pass
-    finally:
-        os.close(fd)
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run (what ``checkpoints/latest`` names), or None."""
-    root = Path(out_dir) / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file():
-        path = root / pointer.read_text(encoding="utf-8").strip()
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete")
-        return path
-    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
-    return done[-1] if done else None  # a crash between the rename and the pointer: the renamed one is complete
-
-
-def _write_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, files: list[Path],
-                      keep_last: int) -> Path:  # fmt: skip
-    """Build the checkpoint in a temporary directory, fsync it, rename it into place, then move ``latest``."""
-    name = f"step-{step:07d}"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
-    try:
-        model.save_pretrained(tmp)
-        for f in files:
-            shutil.copy2(f, tmp / f.name)
-        torch.save(state, tmp / STATE_FILE)
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-        final = root / name
-        if final.exists():  # a stale one from an abandoned run: it is not `latest`, so replacing it is safe
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_text(root / "latest", name + "\n")
-    if keep_last:
-        for old in sorted(root.glob("step-*"))[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[int, int] = (720, 440)) -> None:
-    """Draw train (blue) and validation (orange) loss against step as a PNG, with Pillow only."""
-    from PIL import Image, ImageDraw
-
-    finite = lambda v: v is not None and math.isfinite(v)  # noqa: E731
-    train = [(r["step"], r["loss"]) for r in records if finite(r.get("loss"))]
-    val = [(r["step"], r["val_loss"]) for r in records if finite(r.get("val_loss"))]
-    points = train + val
-    if not points:
-        return
-    w, h = size
-    left, right, top, bottom = 70, 20, 30, 50
-    x0, x1 = min(s for s, _ in points), max(s for s, _ in points)
-    y0, y1 = min(v for _, v in points), max(v for _, v in points)
-    x1, pad = max(x1, x0 + 1), max((y1 - y0) * 0.05, 1e-3)
-    y0, y1 = y0 - pad, y1 + pad
-
-    def xy(s: float, v: float) -> tuple[float, float]:
-        return (left + (s - x0) / (x1 - x0) * (w - left - right), top + (y1 - v) / (y1 - y0) * (h - top - bottom))
-
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    for i in range(5):  # grid lines and tick labels
-        v, s = y0 + i * (y1 - y0) / 4, x0 + i * (x1 - x0) / 4
-        y, x = xy(x0, v)[1], xy(s, y0)[0]
-        d.line([(left, y), (w - right, y)], fill=(230, 230, 230))
-        d.text((5, y - 6), f"{v:.3g}", fill="black")
-        d.line([(x, h - bottom), (x, h - bottom + 4)], fill="black")
-        d.text((x - 10, h - bottom + 8), f"{s:.0f}", fill="black")
-    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
-    d.text((w // 2 - 12, h - 20), "step", fill="black")
-    d.text((5, 8), "loss (nats/token)", fill="black")
-    for series, color, label, ly in ((train, (31, 119, 180), "train", 10), (val, (255, 127, 14), "val", 24)):
-        if not series:
-            continue
-        xys = [xy(s, v) for s, v in sorted(series)]
-        if len(xys) > 1:
-            d.line(xys, fill=color, width=2)
-        if series is val or len(xys) == 1:
-            for x, y in xys:
-                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        d.line([(w - 90, ly + 6), (w - 70, ly + 6)], fill=color, width=3)
-        d.text((w - 64, ly), label, fill="black")
-    _atomic_write(Path(path), lambda p: img.save(p, format="PNG"))
-
-
 class _Trainer:
     """State of one run; :func:`train` is the public entry point."""
 
@@ -354,18 +232,18 @@ class _Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         self.step, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
-        _set_rng_state(state["rng"][self.info.rank], self.device)
+        set_rng_state(state["rng"][self.info.rank], self.device)
         logger.info("resumed from %s at step %d", path, self.step)
 
     def _save(self) -> None:
-        rng = all_gather_objects(_rng_state(self.device), self.info)  # every rank's dropout stream
+        rng = all_gather_objects(rng_state(self.device), self.info)  # every rank's dropout stream
         if self.info.is_main:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": rng,
                      "batches": self.batches.state_dict(), "world_size": self.info.world_size,
                      "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
                      "lr": lr_at(self.step - 1, self.cfg), "config": json.dumps(self.cfg.to_dict())}  # fmt: skip
             files = [Path(self.cfg.data) / PROCESSOR_FILE]
-            self.checkpoint = _write_checkpoint(self.root, self.step, self.model, state, files, self.cfg.keep_last)
+            self.checkpoint = write_checkpoint(self.root, self.step, self.model, state, files, self.cfg.keep_last)
             logger.info("saved %s", self.checkpoint)
         if self.info.distributed:
             torch.distributed.barrier()  # nobody runs ahead (or exits) while rank 0 writes

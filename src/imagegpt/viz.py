@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-__all__ = ["image_grid"]
+from imagegpt.checkpoint import _atomic_write
+
+__all__ = ["image_grid", "plot_loss_curve"]
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 8, pad: int = 2) -> Image.Image:
@@ -25,3 +30,47 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 8, pad: int = 
             tile = tile.resize((img.shape[1] * scale, img.shape[0] * scale), Image.Resampling.NEAREST)
             canvas.paste(tile, (pad + c * (w + pad), pad + r * (h + pad)))
     return canvas
+
+
+def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[int, int] = (720, 440)) -> None:
+    """Draw train (blue) and validation (orange) loss against step as a PNG, with Pillow only."""
+    finite = lambda v: v is not None and math.isfinite(v)  # noqa: E731
+    train = [(r["step"], r["loss"]) for r in records if finite(r.get("loss"))]
+    val = [(r["step"], r["val_loss"]) for r in records if finite(r.get("val_loss"))]
+    points = train + val
+    if not points:
+        return
+    w, h = size
+    left, right, top, bottom = 70, 20, 30, 50
+    x0, x1 = min(s for s, _ in points), max(s for s, _ in points)
+    y0, y1 = min(v for _, v in points), max(v for _, v in points)
+    x1, pad = max(x1, x0 + 1), max((y1 - y0) * 0.05, 1e-3)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def xy(s: float, v: float) -> tuple[float, float]:
+        return (left + (s - x0) / (x1 - x0) * (w - left - right), top + (y1 - v) / (y1 - y0) * (h - top - bottom))
+
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    for i in range(5):  # grid lines and tick labels
+        v, s = y0 + i * (y1 - y0) / 4, x0 + i * (x1 - x0) / 4
+        y, x = xy(x0, v)[1], xy(s, y0)[0]
+        d.line([(left, y), (w - right, y)], fill=(230, 230, 230))
+        d.text((5, y - 6), f"{v:.3g}", fill="black")
+        d.line([(x, h - bottom), (x, h - bottom + 4)], fill="black")
+        d.text((x - 10, h - bottom + 8), f"{s:.0f}", fill="black")
+    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
+    d.text((w // 2 - 12, h - 20), "step", fill="black")
+    d.text((5, 8), "loss (nats/token)", fill="black")
+    for series, color, label, ly in ((train, (31, 119, 180), "train", 10), (val, (255, 127, 14), "val", 24)):
+        if not series:
+            continue
+        xys = [xy(s, v) for s, v in sorted(series)]
+        if len(xys) > 1:
+            d.line(xys, fill=color, width=2)
+        if series is val or len(xys) == 1:
+            for x, y in xys:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        d.line([(w - 90, ly + 6), (w - 70, ly + 6)], fill=color, width=3)
+        d.text((w - 64, ly), label, fill="black")
+    _atomic_write(Path(path), lambda p: img.save(p, format="PNG"))

@@ -1,0 +1,93 @@
+"""Training checkpoints: written atomically (temporary directory, fsync, rename, then the ``latest`` pointer),
+with every RNG state in a form ``torch.load(weights_only=True)`` reads back."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imagegpt.checkpoint import atomic_write_text
+
+__all__ = ["STATE_FILE", "latest_checkpoint", "write_checkpoint", "rng_state", "set_rng_state"]
+
+STATE_FILE = "trainer_state.pt"
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG as tensors, lists and numbers, so that torch.load(weights_only=True) reads it back."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "state": list(py_state), "gauss": gauss}}  # fmt: skip
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))  # fmt: skip
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # directories cannot be fsynced everywhere (Windows); the files were
+        pass
+    finally:
+        os.close(fd)
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run (what ``checkpoints/latest`` names), or None."""
+    root = Path(out_dir) / "checkpoints"
+    pointer = root / "latest"
+    if pointer.is_file():
+        path = root / pointer.read_text(encoding="utf-8").strip()
+        if not (path / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete")
+        return path
+    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
+    return done[-1] if done else None  # a crash between the rename and the pointer: the renamed one is complete
+
+
+def write_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict, files: list[Path],
+                      keep_last: int) -> Path:  # fmt: skip
+    """Build the checkpoint in a temporary directory, fsync it, rename it into place, then move ``latest``."""
+    name = f"step-{step:07d}"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    try:
+        model.save_pretrained(tmp)
+        for f in files:
+            shutil.copy2(f, tmp / f.name)
+        torch.save(state, tmp / STATE_FILE)
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        final = root / name
+        if final.exists():  # a stale one from an abandoned run: it is not `latest`, so replacing it is safe
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / "latest", name + "\n")
+    if keep_last:
+        for old in sorted(root.glob("step-*"))[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
