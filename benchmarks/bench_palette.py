@@ -33,18 +33,11 @@ from PIL import Image
 
 from imagegpt.palette import fit_palette, palette_inertia
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_forward import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def gray_pixels(n: int) -> tuple[np.ndarray, str]:

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,39 +33,13 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_forward import device_name, matmul_peak, sync  # noqa: E402
+
 SHAPES = {  # model, image side, default batch on CPU
     "tiny": (dict(n_embd=64, n_head=4, n_layer=2), 16, 8),
     "small": (dict(n_embd=512, n_head=8, n_layer=24), 32, 4),
 }
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    name = platform.processor() or "CPU"
-    with contextlib.suppress(OSError):
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))  # fmt: skip
-    return f"{name}, {torch.get_num_threads()} threads"
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Best GFLOP/s of an n x n x n matmul."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def optimizer(model: torch.nn.Module, device: str) -> torch.optim.AdamW:

@@ -233,3 +233,12 @@ def test_loaded_parameters_are_contiguous(saved):
     _, path = saved
     model = ImageGPTForCausalImageModeling.from_pretrained(path)
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay private (0600)."""
+    from imagegpt import ImageGPTForCausalImageModeling
+
+    ImageGPTForCausalImageModeling(tiny_config()).save_pretrained(tmp_path)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

@@ -10,9 +10,11 @@ from pathlib import Path
 from imagegpt.cli_train import COMMANDS as TRAINING_COMMANDS
 from imagegpt.cli_train import PIPELINE
 from imagegpt.cli_train import add_parsers as add_training_parsers
+from imagegpt.pretrained import DEFAULT_MODEL
 
 EXAMPLES = f"""\
 examples:
+  imagegpt complete                                    # the packaged model completes its example images
   imagegpt init --preset tiny --out runs/tiny          # a small random-weight model + palette
   imagegpt info runs/tiny                              # its size and settings
   imagegpt score --model runs/tiny examples/*.png --out runs/score.png
@@ -76,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         help="generate new images from nothing (unconditional samples)",
         description="Generate images pixel by pixel from the start token and write them as a PNG grid.",
     )
-    s.add_argument("--model", required=True, help="model directory or Hub id")
+    s.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory, packaged name or Hub id (default "
+                   f"{DEFAULT_MODEL}, shipped with the package)")  # fmt: skip
     s.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     s.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid to write (default samples.png)")
     _sampling_args(s)
@@ -88,8 +91,10 @@ def _parser() -> argparse.ArgumentParser:
         "generate the rest --samples times. The PNG grid has one row per image: [input with the unknown part "
         "grayed out | the completions | the input quantized to the palette (the original the model sees)].",
     )
-    s.add_argument("images", nargs="+", type=Path, help="image files in any format/mode Pillow reads")
-    s.add_argument("--model", required=True, help="model directory or Hub id")
+    s.add_argument("images", nargs="*", type=Path, help="image files in any format/mode Pillow reads (default: the "
+                   "example images shipped with a packaged model)")  # fmt: skip
+    s.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory, packaged name or Hub id (default "
+                   f"{DEFAULT_MODEL}, shipped with the package)")  # fmt: skip
     s.add_argument("--rows", type=int, help="pixel rows to keep from the top (default: half the image)")
     s.add_argument("--samples", type=int, default=4, help="completions per image (default 4)")
     s.add_argument("--out", type=Path, default=Path("completions.png"), help="PNG grid (default completions.png)")
@@ -256,6 +261,12 @@ def _complete(args) -> int:
     from imagegpt.completion import complete
     from imagegpt.viz import image_grid
 
+    if not args.images:
+        from imagegpt.pretrained import packaged_examples, packaged_model_dir
+
+        if packaged_model_dir(args.model) is None:
+            raise ValueError(f"give image files to complete ({args.model} is not a packaged model with examples)")
+        args.images = packaged_examples(args.model)
     model, proc, options = _load_for_sampling(args)
     rows = proc.size["height"] // 2 if args.rows is None else args.rows
     start = time.perf_counter()

@@ -14,6 +14,8 @@ import socket
 import urllib.parse
 from pathlib import Path
 
+from imagegpt.pretrained import packaged_model_dir
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["HubError", "resolve_file", "is_hub_id"]
@@ -42,7 +44,8 @@ def resolve_file(
 ) -> Path | None:
     """Return a local path to ``filename`` of the model ``name_or_path``.
 
-    ``name_or_path`` is a local directory, or a Hub id such as ``openai/imagegpt-small`` which is downloaded
+    ``name_or_path`` is a local directory, the name of a model packaged with the library (``fashion-mnist``,
+    see :mod:`imagegpt.pretrained`), or a Hub id such as ``openai/imagegpt-small`` which is downloaded
     into the ``huggingface_hub`` cache (``cache_dir``, ``revision`` and ``token`` are passed through).
     With ``required=False`` a file that the model does not have returns ``None`` instead of raising.
     """
@@ -55,6 +58,9 @@ def resolve_file(
             raise HubError(f"{filename} not found in the directory {path}.")
         return None
     name = os.fspath(name_or_path)
+    packaged = packaged_model_dir(name)
+    if packaged is not None:  # a model shipped inside the package, e.g. "fashion-mnist"
+        return resolve_file(packaged, filename, required=required)
     if path.exists():
         raise HubError(f"{name} is a file; pass the directory that holds config.json and the weights.")
     if not is_hub_id(name):

@@ -78,6 +78,7 @@ def write_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict,
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); a checkpoint is an ordinary directory
         final = root / name
         if final.exists():  # a stale one from an abandoned run: it is not `latest`, so replacing it is safe
             shutil.rmtree(final)
