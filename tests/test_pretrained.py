@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from imagegpt import ImageGPTConfig, ImageGPTForCausalImageModeling

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from imagegpt.cli_train import COMMANDS as TRAINING_COMMANDS
 from imagegpt.cli_train import PIPELINE
+from imagegpt.cli_probe import COMMANDS as PROBE_COMMANDS
+from imagegpt.cli_probe import add_parsers as add_probe_parsers
 from imagegpt.cli_train import add_parsers as add_training_parsers
 from imagegpt.pretrained import DEFAULT_MODEL
 
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("completions.png"), help="PNG grid (default completions.png)")
     _sampling_args(s)
     add_training_parsers(sub)
+    add_probe_parsers(sub)
     return p
 
 
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         commands = {"info": _info, "init": _init, "score": _score, "sample": _sample, "complete": _complete,
-                    **TRAINING_COMMANDS}  # fmt: skip
+                    **TRAINING_COMMANDS, **PROBE_COMMANDS}  # fmt: skip
         return commands[args.command](args)
     except (ValueError, OSError) as e:  # our errors are written to be read: one line, no traceback
         if args.verbose:

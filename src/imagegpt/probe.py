@@ -1,0 +1,263 @@
+"""Linear probes, as in the iGPT paper: average-pool one layer's hidden states, fit a logistic regression on them.
+
+:func:`extract_features` runs the model once per batch and keeps every requested layer's features;
+:func:`fit_probe` picks the inverse regularization ``C`` on a validation split; :func:`probe_layers` probes
+each layer (and optionally a concatenation of layers); :func:`raw_pixel_baseline` is the same classifier on
+pixels; :func:`plot_probe` draws accuracy against layer. scikit-learn is an optional extra, imported on use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from imagegpt.checkpoint import _atomic_write
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProbeResult", "extract_features", "fit_probe", "probe_layers", "raw_pixel_baseline", "plot_probe"]
+
+DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
+
+
+def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+    # the heads wrap the bare decoder as .transformer; their heads play no part in the probe
+    return getattr(model, "transformer", model)
+
+
+def _cache_key(decoder: torch.nn.Module, ids: torch.Tensor, layers: Sequence[int]) -> str:
+    """A digest of the ids, the requested layers and the weights (names, shapes and a cheap checksum each)."""
+    h = hashlib.sha256(np.ascontiguousarray(ids.cpu().numpy().astype(np.int64)).tobytes())
+    h.update(repr(list(layers)).encode())
+    with torch.no_grad():
+        for name, t in sorted(decoder.state_dict().items()):
+            # a sum and a weighted sum over a strided sample: cheap even for large models, yet any retraining shows
+            flat = t.detach().reshape(-1).float()
+            sample = flat[:: max(1, flat.numel() // 4096)]
+            weights = torch.arange(1, sample.numel() + 1, dtype=torch.float32, device=sample.device)
+            h.update(f"{name}|{tuple(t.shape)}|{float(flat.sum()):.6e}|{float((sample * weights).sum()):.6e}".encode())
+    return h.hexdigest()
+
+
+def extract_features(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor | np.ndarray,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    cache_path: str | os.PathLike | None = None,
+) -> dict[int, np.ndarray]:
+    """Average-pooled hidden states of each layer in ``layers``: {layer: float32 (N, n_embd)}.
+
+    ``input_ids`` (N, 1 + H*W) begin with the start token. Layer ``l`` in [0, n_layer) is the input of block
+    ``l`` (0: the embeddings), ``n_layer`` the ``ln_f`` output; default: all. The model sees ``ids[:, :-1]``
+    (the last pixel is only a target, as in :func:`imagegpt.metrics.nll_per_sequence`), and the features are
+    averaged over all of those positions. With ``cache_path``, features are read from / written to that .npz,
+    keyed by the ids, layers and weights, so that a second probe on the same inputs skips the model.
+    """
+    decoder = _decoder(model)
+    n_layer = decoder.config.n_layer
+    layers = list(range(n_layer + 1)) if layers is None else sorted({int(layer) for layer in layers})
+    bad = [layer for layer in layers if not 0 <= layer <= n_layer]
+    if bad:
+        raise ValueError(f"layers must lie in [0, {n_layer}] (n_layer = {n_layer}: the ln_f output), got {bad}")
+    ids = torch.as_tensor(np.asarray(input_ids) if not isinstance(input_ids, torch.Tensor) else input_ids)
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be (N, 1 + pixels) with a leading start token, got {tuple(ids.shape)}")
+    start = decoder.config.vocab_size - 1
+    if not bool((ids[:, 0] == start).all()):
+        raise ValueError(f"every sequence must begin with the start token {start} (add_start_token=True)")
+
+    key = None
+    if cache_path is not None:
+        key = _cache_key(decoder, ids, layers)
+        path = Path(cache_path)
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if str(z["key"]) == key:
+                        logger.info("features read from the cache %s", path)
+                        return {layer: z[f"layer_{layer}"] for layer in layers}
+                logger.info("feature cache %s is for other inputs or weights: recomputing", path)
+            except (OSError, ValueError, KeyError) as e:  # a damaged cache only costs a recomputation
+                logger.warning("ignoring unreadable feature cache %s: %s", path, e)
+
+    device = torch.device(device) if device is not None else next(decoder.parameters()).device
+    was_training = decoder.training
+    decoder.eval()  # dropout off: features must not depend on the batch
+    parts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    try:
+        with torch.inference_mode():
+            for i in tqdm(range(0, len(ids), batch_size), desc="features", unit="batch", disable=not progress):
+                batch = ids[i : i + batch_size, :-1].to(device)
+                hidden = decoder(batch, use_cache=False, output_hidden_states=True, return_dict=True).hidden_states
+                for layer in layers:
+                    parts[layer].append(hidden[layer].float().mean(dim=1).cpu().numpy())
+    finally:
+        decoder.train(was_training)
+    feats = {layer: np.concatenate(parts[layer]).astype(np.float32, copy=False) for layer in layers}
+
+    if cache_path is not None:
+        path = Path(cache_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"layer_{layer}": x for layer, x in feats.items()}
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+                np.savez(f, key=np.array(key), **arrays)
+
+        _atomic_write(path, write)
+    return feats
+
+
+@dataclass
+class ProbeResult:
+    """The chosen inverse regularization ``C``, its validation accuracy, and the fitted scaler + classifier."""
+
+    C: float
+    val_acc: float
+    model: Any
+
+
+def _sklearn():
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError as e:  # an optional extra: the library runs without it
+        raise ImportError("linear probes need scikit-learn: pip install scikit-learn") from e
+    return LogisticRegression, make_pipeline, StandardScaler
+
+
+def _classifier(C: float, max_iter: int, seed: int) -> Any:
+    LogisticRegression, make_pipeline, StandardScaler = _sklearn()
+    # standardized features: one C grid suits every layer, whatever the scale of its activations
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter,
+                                                              random_state=seed))  # fmt: skip
+
+
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+              Cs: Sequence[float] = DEFAULT_CS, max_iter: int = 1000, seed: int = 0) -> ProbeResult:
+    """Fit a standardized lbfgs logistic regression for each ``C`` in ``Cs``; keep the best on validation
+    (the smallest C on ties: the most regularized of the equals)."""
+    _sklearn()
+    if not len(Cs):
+        raise ValueError("Cs must hold at least one value")
+    best = None
+    for C in sorted(float(c) for c in Cs):
+        clf = _classifier(C, max_iter, seed).fit(train_x, train_y)
+        acc = float((clf.predict(val_x) == np.asarray(val_y)).mean())
+        logger.debug("C=%g: val accuracy %.4f", C, acc)
+        if best is None or acc > best.val_acc:
+            best = ProbeResult(C, acc, clf)
+    return best
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    n_val = min(max(1, int(round(n * val_fraction))), n - 1)
+    if n < 2:
+        raise ValueError(f"need at least 2 training examples to hold out validation, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[n_val:], perm[:n_val]
+
+
+def _probe_one(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, val_fraction: float,
+               seed: int, Cs: Sequence[float], max_iter: int) -> dict[str, float]:
+    tr, va = _split(len(x), val_fraction, seed)
+    res = fit_probe(x[tr], y[tr], x[va], y[va], Cs=Cs, max_iter=max_iter, seed=seed)
+    # refit on all training examples with the chosen C: validation only picks C, it need not cost data
+    clf = _classifier(res.C, max_iter, seed).fit(x, y)
+    test_acc = float((clf.predict(test_x) == np.asarray(test_y)).mean())
+    return {"C": res.C, "val_acc": res.val_acc, "test_acc": test_acc}
+
+
+def probe_layers(features_train: dict[int, np.ndarray], y_train: np.ndarray, features_test: dict[int, np.ndarray],
+                 y_test: np.ndarray, val_fraction: float = 0.1, seed: int = 0,
+                 concat: Sequence[int] | None = None, Cs: Sequence[float] = DEFAULT_CS,
+                 max_iter: int = 1000) -> list[dict]:
+    """One row per layer, in order: {"layer", "C", "val_acc", "test_acc"}; with ``concat`` = [a, b, ...] a last
+    row (``"layer": "a+b"``) probes those layers' features side by side. The validation split (``val_fraction``
+    of the training examples, drawn with ``seed``) picks C; the probe is then refit on all training examples."""
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    rows = []
+    for layer in sorted(features_train):
+        row = _probe_one(features_train[layer], y_train, features_test[layer], y_test, val_fraction, seed, Cs,
+                         max_iter)  # fmt: skip
+        rows.append({"layer": int(layer), **row})
+        logger.info("layer %d: C=%g val %.4f test %.4f", layer, row["C"], row["val_acc"], row["test_acc"])
+    if concat:
+        missing = [c for c in concat if c not in features_train or c not in features_test]
+        if missing:
+            raise ValueError(f"concat layers {missing} have no features (extracted: {sorted(features_train)})")
+        x = np.concatenate([features_train[c] for c in concat], axis=1)
+        tx = np.concatenate([features_test[c] for c in concat], axis=1)
+        row = _probe_one(x, y_train, tx, y_test, val_fraction, seed, Cs, max_iter)
+        rows.append({"layer": "+".join(str(c) for c in concat), **row})
+    return rows
+
+
+def raw_pixel_baseline(train_images: np.ndarray, y_train: np.ndarray, test_images: np.ndarray, y_test: np.ndarray,
+                       val_fraction: float = 0.1, seed: int = 0, Cs: Sequence[float] = DEFAULT_CS,
+                       max_iter: int = 1000) -> dict:
+    """The same probe on raw pixels (uint8 images (N, ...) scaled to [0, 1]): {"layer": "pixels", ...}."""
+    x = np.asarray(train_images).reshape(len(train_images), -1).astype(np.float32) / 255.0
+    tx = np.asarray(test_images).reshape(len(test_images), -1).astype(np.float32) / 255.0
+    return {"layer": "pixels", **_probe_one(x, np.asarray(y_train), tx, np.asarray(y_test), val_fraction, seed,
+                                            Cs, max_iter)}  # fmt: skip
+
+
+def plot_probe(rows: list[dict], path: str | os.PathLike, size: tuple[int, int] = (720, 440)) -> None:
+    """Draw validation (orange) and test (blue) accuracy against layer as a PNG, with Pillow only. Rows whose
+    ``layer`` is not an int (a concatenation, the pixel baseline) are drawn as gray horizontal test lines."""
+    layered = sorted((r for r in rows if isinstance(r["layer"], int)), key=lambda r: r["layer"])
+    others = [r for r in rows if not isinstance(r["layer"], int)]
+    w, h = size
+    left, right, top, bottom = 70, 20, 60, 50  # the legend lives above the plot: accuracies often reach 1.0
+    x0 = min((r["layer"] for r in layered), default=0)
+    x1 = max(max((r["layer"] for r in layered), default=1), x0 + 1)
+    y0, y1 = 0.0, 1.0  # accuracies: a fixed axis keeps plots of different runs comparable
+
+    def xy(s: float, v: float) -> tuple[float, float]:
+        return (left + (s - x0) / (x1 - x0) * (w - left - right), top + (y1 - v) / (y1 - y0) * (h - top - bottom))
+
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    for i in range(6):
+        v = i / 5
+        y = xy(x0, v)[1]
+        d.line([(left, y), (w - right, y)], fill=(230, 230, 230))
+        d.text((5, y - 6), f"{v:.1f}", fill="black")
+    for s in range(x0, x1 + 1):
+        x = xy(s, y0)[0]
+        d.line([(x, h - bottom), (x, h - bottom + 4)], fill="black")
+        d.text((x - 3, h - bottom + 8), str(s), fill="black")
+    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
+    d.text((w // 2 - 40, h - 20), "layer (input of block; last: ln_f)", fill="black")
+    d.text((5, 8), "linear probe accuracy", fill="black")
+    for key, color, ly in (("test_acc", (31, 119, 180), 8), ("val_acc", (255, 127, 14), 24)):
+        xys = [xy(r["layer"], r[key]) for r in layered]
+        if len(xys) > 1:
+            d.line(xys, fill=color, width=2)
+        for x, y in xys:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        d.line([(w - 110, ly + 6), (w - 90, ly + 6)], fill=color, width=3)
+        d.text((w - 84, ly), key.replace("_acc", ""), fill="black")
+    for j, r in enumerate(others):  # labelled in the header, not on their lines: several may coincide
+        y = xy(x0, r["test_acc"])[1]
+        d.line([(left, y), (w - right, y)], fill=(128, 128, 128), width=1)
+        d.text((left + 150 * (j % 3), 26 + 14 * (j // 3)), f"{r['layer']} test: {r['test_acc']:.3f}",
+               fill=(90, 90, 90))  # fmt: skip
+    _atomic_write(Path(path), lambda p: img.save(p, format="PNG"))

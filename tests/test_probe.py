@@ -1,0 +1,147 @@
+"""Linear probes: pooled features match the model's hidden states, the probe learns, the CLI runs end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_config
+from imagegpt import ImageGPTForCausalImageModeling
+from imagegpt.heads import ImageGPTForImageClassification
+from imagegpt.model import ImageGPTModel
+
+pytest.importorskip("sklearn")
+
+from imagegpt.probe import extract_features, fit_probe, plot_probe, probe_layers, raw_pixel_baseline  # noqa: E402
+
+
+def _ids(n: int, length: int, vocab: int = 17, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab - 1, (n, length), generator=g)
+    ids[:, 0] = vocab - 1  # the start token
+    return ids
+
+
+@pytest.mark.parametrize("cls", [ImageGPTForCausalImageModeling, ImageGPTForImageClassification, ImageGPTModel])
+def test_features_are_pooled_hidden_states(cls):
+    model = cls(tiny_config()).eval()
+    ids = _ids(5, 17)
+    feats = extract_features(model, ids, batch_size=2)  # batches of 2, 2, 1: batching must not matter
+    base = getattr(model, "transformer", model)
+    with torch.no_grad():
+        hidden = base(ids[:, :-1], output_hidden_states=True).hidden_states
+    assert sorted(feats) == list(range(base.config.n_layer + 1)) == list(range(len(hidden)))
+    for k, x in feats.items():
+        assert x.dtype == np.float32 and x.shape == (5, 32)
+        np.testing.assert_allclose(x, hidden[k].mean(dim=1).numpy(), rtol=1e-5, atol=1e-5)
+    assert sorted(extract_features(model, ids, layers=[2, 0])) == [0, 2]
+    with pytest.raises(ValueError, match="layers"):
+        extract_features(model, ids, layers=[3])
+    with pytest.raises(ValueError, match="start token"):
+        extract_features(model, ids[:, 1:])
+
+
+def test_feature_cache_hits_and_misses(tmp_path):
+    model = ImageGPTForCausalImageModeling(tiny_config()).eval()
+    ids, cache = _ids(4, 17), tmp_path / "f.npz"
+    first = extract_features(model, ids, cache_path=cache)
+    assert cache.is_file()
+    again = extract_features(model, ids, cache_path=cache)
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)  # other weights: the cache must not answer
+    changed = extract_features(model, ids, cache_path=cache)
+    assert not np.allclose(changed[0], first[0])
+
+
+def _separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    x[:, 0] += np.where(y == 1, 4.0, -4.0)  # one informative direction, far apart
+    return x, y
+
+
+def test_probe_separates_and_picks_c_on_validation():
+    x, y = _separable(300, 0)
+    vx, vy = _separable(100, 1)
+    res = fit_probe(x, y, vx, vy, Cs=(0.01, 1.0))
+    assert res.val_acc >= 0.95 and res.C in (0.01, 1.0)
+    assert (res.model.predict(vx) == vy).mean() == res.val_acc
+    # validation labels that contradict the data make every C equally bad: the tie goes to the smallest C
+    flipped = fit_probe(x, y, vx, np.full_like(vy, 7), Cs=(10.0, 0.1))
+    assert flipped.C == 0.1 and flipped.val_acc == 0.0
+
+
+def test_probe_layers_rows_and_baseline():
+    x, y = _separable(200, 0)
+    tx, ty = _separable(100, 1)
+    noise = np.random.default_rng(2)
+    train = {0: noise.normal(size=(200, 4)), 1: x}
+    test = {0: noise.normal(size=(100, 4)), 1: tx}
+    rows = probe_layers(train, y, test, ty, concat=[0, 1], Cs=(0.1, 1.0))
+    assert [r["layer"] for r in rows] == [0, 1, "0+1"]
+    assert all(0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1 for r in rows)
+    assert rows[1]["test_acc"] >= 0.95 and rows[2]["test_acc"] >= 0.95
+    images = np.zeros((60, 4, 4), np.uint8)
+    labels = np.arange(60) % 2
+    images[labels == 1, :2] = 255
+    base = raw_pixel_baseline(images[:40], labels[:40], images[40:], labels[40:], Cs=(1.0,))
+    assert base["layer"] == "pixels" and base["test_acc"] == 1.0
+    with pytest.raises(ValueError, match="concat"):
+        probe_layers(train, y, test, ty, concat=[0, 5])
+
+
+def test_plot_probe_writes_png(tmp_path):
+    rows = [{"layer": i, "C": 1.0, "val_acc": 0.5 + i / 10, "test_acc": 0.4 + i / 10} for i in range(5)]
+    rows.append({"layer": "pixels", "C": 1.0, "val_acc": 0.6, "test_acc": 0.55})
+    path = tmp_path / "probe.png"
+    plot_probe(rows, path)
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size == (720, 440)
+
+
+def _write_idx(path, array: np.ndarray, code: int) -> None:
+    path.write_bytes(struct.pack(">I", code) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def test_cli_probe_on_easy_idx_data(tmp_path, capsys):
+    from imagegpt.cli_probe import COMMANDS, add_parsers
+
+    rng = np.random.default_rng(0)
+    n = 48
+    labels = (np.arange(n) % 2).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    images[labels == 0, :14] = 230  # bright top half vs bright bottom half
+    images[labels == 1, 14:] = 230
+    _write_idx(tmp_path / "train-images-idx3-ubyte", images[:32], 0x00000803)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:32], 0x00000801)
+    _write_idx(tmp_path / "test-images-idx3-ubyte", images[32:], 0x00000803)
+    _write_idx(tmp_path / "test-labels-idx1-ubyte", labels[32:], 0x00000801)
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    out = tmp_path / "out"
+    args = parser.parse_args(["probe", "--model", "fashion-mnist",
+                              "--data", str(tmp_path / "train-images-idx3-ubyte"),
+                              "--labels", str(tmp_path / "train-labels-idx1-ubyte"),
+                              "--test-data", str(tmp_path / "test-images-idx3-ubyte"),
+                              "--test-labels", str(tmp_path / "test-labels-idx1-ubyte"),
+                              "--concat", "3", "4", "--pixels", "--device", "cpu", "--quiet",
+                              "--val-fraction", "0.25", "--out", str(out)])  # fmt: skip
+    assert COMMANDS[args.command](args) == 0
+    result = json.loads((out / "probe.json").read_text())
+    layers = [r["layer"] for r in result["rows"]]
+    assert layers == [0, 1, 2, 3, 4, "3+4", "pixels"] and result["n_layer"] == 4
+    assert result["n_train"] == 32 and result["n_test"] == 16
+    for r in result["rows"]:
+        assert 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+    assert all(r["test_acc"] > 0.9 for r in result["rows"][1:])
+    assert (out / "probe.png").is_file() and (out / "features_train.npz").is_file()
+    assert "test acc" in capsys.readouterr().out
