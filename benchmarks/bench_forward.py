@@ -127,10 +127,7 @@ def child(args) -> None:
         for _ in range(args.warmup):
             model(ids)
         sync(args.device)
-        if args.device == "cpu":
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak RSS from here on
-        else:
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory(args.device)
         print("ready", flush=True)
         for _ in sys.stdin:
             sync(args.device)
@@ -138,12 +135,23 @@ def child(args) -> None:
             model(ids)
             sync(args.device)
             print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
-    if args.device == "cpu":
-        status = Path("/proc/self/status").read_text()
-        peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+    print(json.dumps({"peak_mib": peak_memory(args.device)}), flush=True)
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start counting peak memory here: VmHWM (peak RSS) on CPU, the allocator's peak on CUDA."""
+    if device == "cpu":
+        Path("/proc/self/clear_refs").write_text("5")
     else:
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    print(json.dumps({"peak_mib": peak}), flush=True)
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory(device: str) -> float:
+    """MiB: peak RSS since :func:`reset_peak_memory` on CPU, peak allocated GPU memory on CUDA."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
 
 
 def spawn(impl: str, batch: int, args, weights: str) -> subprocess.Popen:
@@ -174,6 +182,28 @@ def run_pair(batch: int, args, weights: str) -> dict[str, dict]:
     return out
 
 
+def add_run_args(p: argparse.ArgumentParser, results_name: str) -> None:
+    """The arguments every ours-vs-transformers script shares: device, dtype, threads, the JSON path, and the
+    hidden ones a script passes to its child processes."""
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / results_name)
+    p.add_argument("--child", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+
+
+def parse_run_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse; in the parent, refuse half precision on a CPU and set the thread count (children set their own)."""
+    args = p.parse_args()
+    if not args.child:
+        if args.dtype != "float32" and args.device == "cpu":
+            p.error("bfloat16/float16 are for CUDA; this CPU has no fast path for them")
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=SHAPES, default="small")
@@ -181,19 +211,10 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="one child pair per batch size")
     p.add_argument("--reps", type=int, default=5, help="timed forwards per implementation and batch")
     p.add_argument("--warmup", type=int, default=1, help="untimed forwards before the timed ones")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
-    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "forward.json")
-    p.add_argument("--child", choices=["ours", "transformers"], help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
-    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    add_run_args(p, "forward.json")
+    args = parse_run_args(p)
     if args.child:
         return child(args)
-    if args.dtype != "float32" and args.device == "cpu":
-        p.error("bfloat16/float16 are for CUDA; this CPU has no fast path for them")
-    torch.set_num_threads(args.threads)
     import transformers
 
     dtype = getattr(torch, args.dtype)

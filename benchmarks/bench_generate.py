@@ -36,7 +36,17 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_forward import SHAPES, device_name, load, make_weights, sync  # noqa: E402
+from bench_forward import (  # noqa: E402
+    SHAPES,
+    add_run_args,
+    device_name,
+    load,
+    make_weights,
+    parse_run_args,
+    peak_memory,
+    reset_peak_memory,
+    sync,
+)
 
 IMPLS = ("ours", "transformers")
 TOP_K = 40
@@ -53,13 +63,6 @@ def read_bandwidth(device: str, gib: float = 1.0, reps: int = 5) -> float:
         sync(device)
         best = min(best, time.perf_counter() - t)
     return x.numel() * 4 / best / 1e9
-
-
-def peak_memory(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
 
 
 def child(args) -> None:
@@ -85,10 +88,7 @@ def child(args) -> None:
     with torch.inference_mode():
         run(1, 8)  # warm-up
         run(cfg.n_positions - 8, 2)
-        if args.device == "cpu":
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak RSS from here on
-        else:
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory(args.device)
         print("ready", flush=True)
         for line in sys.stdin:
             req = json.loads(line)
@@ -163,19 +163,10 @@ def main() -> None:
                    "estimated from the windows)")  # fmt: skip
     p.add_argument("--window", type=int, default=32, help="decode steps per position window")
     p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "generate.json")
-    p.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
-    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    add_run_args(p, "generate.json")
+    args = parse_run_args(p)
     if args.child:
         return child(args)
-    if args.dtype != "float32" and args.device == "cpu":
-        p.error("bfloat16/float16 are for CUDA; this CPU has no fast path for them")
-    torch.set_num_threads(args.threads)
     import transformers
 
     bandwidth = read_bandwidth(args.device)

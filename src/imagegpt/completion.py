@@ -167,5 +167,5 @@ def complete(
     originals = processor.decode(ids)
     blanked = originals.copy()
     blanked[:, rows:] = BLANK
-    return Completion(ids=out.reshape(n, samples, -1), images=processor.decode(out).reshape(n, samples, height, width, 3),
-                      originals=originals, prompts=blanked, rows=rows)  # fmt: skip
+    images = processor.decode(out).reshape(n, samples, height, width, 3)
+    return Completion(ids=out.reshape(n, samples, -1), images=images, originals=originals, prompts=blanked, rows=rows)

@@ -315,18 +315,17 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
     def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """The forward path for samplers, which check the prompt once: ids (B, T) continue the sequences in
         ``cache`` (positions follow its length); returns the final hidden states (B, T, n_embd)."""
-        eager = self.attn_implementation == "eager"
         if cache.position is not None:  # fixed shapes (CUDA graphs): attend over the whole buffer, masked
             x = self.wte(input_ids) + self.wpe(cache.position)  # (B, T, E)
-            mask = torch.arange(cache.capacity, device=x.device) <= cache.position[:, None]  # (T, capacity)
-            for block in self.h:
-                x = block(x, mask[None, None], False, cache, eager)[0]
-            return self.ln_f(x)
-        past, t = cache.get_seq_length(), input_ids.shape[1]
-        x = self.wte(input_ids) + self.wpe.weight[past : past + t]  # (B, T, E)
-        mask = _attention_mask(None, x.shape[0], t, past, x.device)
+            mask = (torch.arange(cache.capacity, device=x.device) <= cache.position[:, None])[None, None]
+            is_causal = False  # (1, 1, T, capacity)
+        else:
+            past, t = cache.get_seq_length(), input_ids.shape[1]
+            x = self.wte(input_ids) + self.wpe.weight[past : past + t]  # (B, T, E)
+            mask, is_causal = _attention_mask(None, x.shape[0], t, past, x.device), past == 0
+        eager = self.attn_implementation == "eager"
         for block in self.h:
-            x = block(x, mask, past == 0, cache, eager)[0]
+            x = block(x, mask, is_causal, cache, eager)[0]
         return self.ln_f(x)
 
     def _embed(self, input_ids, inputs_embeds, token_type_ids, position_ids, past: int) -> torch.Tensor:
