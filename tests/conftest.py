@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +46,8 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 p.copy_(0.15 * noise)
     return model
+
+
+def write_idx(path, array: np.ndarray, code: int) -> None:
+    """Write ``array`` (uint8) as an IDX file with type ``code`` (0x803: images, 0x801: labels)."""
+    path.write_bytes(struct.pack(">I", code) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())

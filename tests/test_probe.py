@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import tiny_config, write_idx
 from imagegpt import ImageGPTForCausalImageModeling
 from imagegpt.heads import ImageGPTForImageClassification
 from imagegpt.model import ImageGPTModel
@@ -108,10 +107,6 @@ def test_plot_probe_writes_png(tmp_path):
         assert img.format == "PNG" and img.size == (720, 440)
 
 
-def _write_idx(path, array: np.ndarray, code: int) -> None:
-    path.write_bytes(struct.pack(">I", code) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
-
-
 def test_cli_probe_on_easy_idx_data(tmp_path, capsys):
     from imagegpt.cli_probe import COMMANDS, add_parsers
 
@@ -121,10 +116,10 @@ def test_cli_probe_on_easy_idx_data(tmp_path, capsys):
     images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
     images[labels == 0, :14] = 230  # bright top half vs bright bottom half
     images[labels == 1, 14:] = 230
-    _write_idx(tmp_path / "train-images-idx3-ubyte", images[:32], 0x00000803)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:32], 0x00000801)
-    _write_idx(tmp_path / "test-images-idx3-ubyte", images[32:], 0x00000803)
-    _write_idx(tmp_path / "test-labels-idx1-ubyte", labels[32:], 0x00000801)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images[:32], 0x00000803)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:32], 0x00000801)
+    write_idx(tmp_path / "test-images-idx3-ubyte", images[32:], 0x00000803)
+    write_idx(tmp_path / "test-labels-idx1-ubyte", labels[32:], 0x00000801)
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
     out = tmp_path / "out"

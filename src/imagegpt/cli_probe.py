@@ -1,4 +1,5 @@
-"""The ``probe`` command of the ``imagegpt`` CLI: linear probes of a model's layers on labeled images.
+"""The ``probe`` and ``finetune`` commands of the ``imagegpt`` CLI: linear probes of a model's layers on labeled
+images, and fine-tuning it as a classifier.
 
 :func:`add_parsers` adds it to an argparse subparsers object; :data:`COMMANDS` maps its name to its handler
 (``args`` -> exit code), as :mod:`imagegpt.cli_train` does.
@@ -11,6 +12,16 @@ import json
 from pathlib import Path
 
 __all__ = ["add_parsers", "COMMANDS"]
+
+FINETUNE_EXAMPLE = """\
+example (Fashion-MNIST's IDX files, the paper's joint loss):
+  imagegpt finetune --model runs/fmnist/train/final --data train-images-idx3-ubyte --labels train-labels-idx1-ubyte \\
+      --test-data t10k-images-idx3-ubyte --test-labels t10k-labels-idx1-ubyte --gen-weight 0.5 --steps 2000 \\
+      --out runs/finetune
+Writes best/ (the classifier with the best validation accuracy; transformers' ImageGPTForImageClassification
+loads it), history.json (a record per evaluation), finetune.json (test accuracy, confusion matrix) and
+confusion.png into --out.
+"""
 
 EXAMPLE = """\
 example (Fashion-MNIST's IDX files):
@@ -41,55 +52,51 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--limit", type=int, help="use the first N training images")
     s.add_argument("--test-limit", type=int, help="use the first N test images")
     s.add_argument("--val-fraction", type=float, default=0.1, help="share of training images that picks C")
+    s.add_argument("--C", type=float, nargs="+", dest="Cs", help="inverse regularization strengths to try "
+                   "(default 0.01 0.1 1 10)")  # fmt: skip
+    s.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations per fit (default 1000)")
     s.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     s.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda when available)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=Path("runs/probe"), help="output directory (default runs/probe)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
-
-def _labels(path: Path):
-    import numpy as np
-
-    from imagegpt.datasets import read_idx
-
-    y = np.load(path, allow_pickle=False) if path.name.lower().endswith(".npy") else read_idx(path)
-    y = np.asarray(y)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{path}: labels must be a 1-D array of integer class ids, got {y.dtype} {y.shape}")
-    return y.astype(np.int64)
-
-
-def _load(data: Path, labels: Path | None, limit: int | None, processor, keep_images: bool):
-    """Images -> (ids with start token (N, 1 + H*W), labels (N,), resized uint8 images or None)."""
-    import numpy as np
-
-    from imagegpt.datasets import open_source
-
-    if labels is None:
-        raise ValueError(f"{data} needs its labels (--labels / --test-labels)")
-    source, y = open_source(data), _labels(labels)
-    if source.kind != "images":
-        raise ValueError(f"{data} holds pre-quantized tokens; probe needs images")
-    if len(y) != len(source):
-        raise ValueError(f"{labels} holds {len(y)} labels for {len(source)} images in {data}")
-    n = len(source) if limit is None else min(limit, len(source))
-    ids, kept, images = [], [], []
-    for start in range(0, n, 256):
-        index, batch = source.read(start, min(start + 256, n))
-        if not len(batch):
-            continue
-        # the model's own size and palette: the features must come from the inputs it was trained on
-        ids.append(processor(list(batch), return_tensors="np", add_start_token=True,
-                             input_data_format="channels_last")["input_ids"])  # fmt: skip
-        kept.append(index)  # folders skip unreadable files: keep their labels in step
-        if keep_images:
-            images.append(processor(list(batch), return_tensors="np", do_normalize=False, do_color_quantize=False,
-                                    input_data_format="channels_last")["pixel_values"])  # fmt: skip
-    if not ids:
-        raise ValueError(f"no readable images in {data}")
-    pixels = (np.rint(np.concatenate(images) * 255).astype(np.uint8) if keep_images else None)
-    return np.concatenate(ids), y[np.concatenate(kept)], pixels
+    f = sub.add_parser("finetune", help="fine-tune a pretrained model as an image classifier",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Put a linear classifier on the average-pooled ln_f states of a pretrained model "
+                       "and train all weights on labeled images (augmented with random crops and flips), optionally "
+                       "with the paper's joint loss (classification + next-pixel prediction). The best step by "
+                       "validation accuracy is kept; training stops early when it stops improving.",
+                       epilog=FINETUNE_EXAMPLE)  # fmt: skip
+    f.add_argument("--model", default="fashion-mnist", help="pretrained model directory, Hub id or packaged name")
+    f.add_argument("--data", type=Path, required=True, help="training images: IDX file, .npy array or folder")
+    f.add_argument("--labels", type=Path, required=True, help="their labels: IDX labels file or .npy")
+    f.add_argument("--test-data", type=Path, help="test images, scored once at the end with the best model")
+    f.add_argument("--test-labels", type=Path, help="their labels")
+    f.add_argument("--label-names", help="comma-separated class names, written into the config's id2label")
+    f.add_argument("--limit", type=int, help="use the first N training images")
+    f.add_argument("--test-limit", type=int, help="use the first N test images")
+    f.add_argument("--val-size", type=int, default=1000, help="training images held out to pick the best step "
+                   "(default 1000)")  # fmt: skip
+    f.add_argument("--steps", type=int, default=2000, help="maximum optimizer steps (default 2000)")
+    f.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    f.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, cosine to --min-lr (default 3e-4)")
+    f.add_argument("--min-lr", type=float, default=1e-5)
+    f.add_argument("--warmup", type=int, default=50, help="warmup steps (default 50)")
+    f.add_argument("--weight-decay", type=float, default=0.01)
+    f.add_argument("--gen-weight", type=float, default=0.0, help="weight of the next-pixel loss in the joint loss "
+                   "(the paper: 0.5-1; default 0 = classification only)")  # fmt: skip
+    f.add_argument("--dropout", type=float, help="dropout while fine-tuning (default: the checkpoint's)")
+    f.add_argument("--no-augment", action="store_true", help="train on the images as they are")
+    f.add_argument("--eval-interval", type=int, default=100, help="steps between validations (default 100)")
+    f.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping "
+                   "(default 5; 0 = never stop early)")  # fmt: skip
+    f.add_argument("--max-minutes", type=float, help="stop (keeping the best model) after this much time")
+    f.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda when available)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory (default "
+                   "runs/finetune)")  # fmt: skip
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _probe(args) -> int:
@@ -98,16 +105,17 @@ def _probe(args) -> int:
 
     from imagegpt import ImageGPTForCausalImageModeling
     from imagegpt.checkpoint import atomic_write_text
+    from imagegpt.datasets import load_labeled
     from imagegpt.probe import extract_features, plot_probe, probe_layers, raw_pixel_baseline
     from imagegpt.processor import ImageGPTImageProcessor
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model = ImageGPTForCausalImageModeling.from_pretrained(args.model).to(device).eval()
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
-    ids, y, pixels = _load(args.data, args.labels, args.limit, processor, args.pixels)
+    ids, y, pixels = load_labeled(args.data, args.labels, processor, args.limit, args.pixels)
     if args.test_data is not None:
-        test_ids, test_y, test_pixels = _load(args.test_data, args.test_labels, args.test_limit, processor,
-                                              args.pixels)  # fmt: skip
+        test_ids, test_y, test_pixels = load_labeled(args.test_data, args.test_labels, processor, args.test_limit,
+                                                     args.pixels)  # fmt: skip
     else:
         if not 0 < args.test_fraction < 1:
             raise ValueError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
@@ -127,10 +135,11 @@ def _probe(args) -> int:
     kw = dict(layers=layers, batch_size=args.batch_size, progress=not args.quiet, device=device)
     train_f = extract_features(model, ids, cache_path=args.out / "features_train.npz", **kw)
     test_f = extract_features(model, test_ids, cache_path=args.out / "features_test.npz", **kw)
-    rows = probe_layers(train_f, y, test_f, test_y, val_fraction=args.val_fraction, seed=args.seed, concat=concat)
+    fit = dict(val_fraction=args.val_fraction, seed=args.seed, max_iter=args.max_iter,
+               **({"Cs": args.Cs} if args.Cs else {}))  # fmt: skip
+    rows = probe_layers(train_f, y, test_f, test_y, concat=concat, **fit)
     if args.pixels:
-        rows.append(raw_pixel_baseline(pixels, y, test_pixels, test_y, val_fraction=args.val_fraction,
-                                       seed=args.seed))  # fmt: skip
+        rows.append(raw_pixel_baseline(pixels, y, test_pixels, test_y, **fit))
     result = {"model": str(args.model), "n_train": int(len(y)), "n_test": int(len(test_y)),
               "n_layer": model.config.n_layer, "rows": rows}  # fmt: skip
     atomic_write_text(args.out / "probe.json", json.dumps(result, indent=2) + "\n")
@@ -144,4 +153,58 @@ def _probe(args) -> int:
     return 0
 
 
-COMMANDS = {"probe": _probe}
+def _finetune(args) -> int:
+    import numpy as np
+
+    from imagegpt.checkpoint import atomic_write_text
+    from imagegpt.datasets import load_labeled
+    from imagegpt.finetune import FinetuneConfig, confusion_matrix, evaluate_classifier, finetune
+    from imagegpt.heads import ImageGPTForImageClassification
+    from imagegpt.processor import ImageGPTImageProcessor
+    from imagegpt.viz import plot_confusion
+
+    cfg = FinetuneConfig(batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
+                         warmup_steps=args.warmup, weight_decay=args.weight_decay, gen_weight=args.gen_weight,
+                         augment=not args.no_augment, dropout=args.dropout, eval_interval=args.eval_interval,
+                         patience=args.patience, max_time_minutes=args.max_minutes, seed=args.seed,
+                         device=args.device, progress=not args.quiet)  # fmt: skip
+    processor = ImageGPTImageProcessor.from_pretrained(args.model)
+    ids, y, images = load_labeled(args.data, args.labels, processor, args.limit, keep_images=not args.no_augment)
+    if not 1 <= args.val_size < len(y):
+        raise ValueError(f"--val-size must lie in [1, {len(y)}) for {len(y)} training images, got {args.val_size}")
+    perm = np.random.default_rng(args.seed).permutation(len(y))
+    va, tr = perm[: args.val_size], perm[args.val_size :]
+    test = None
+    if args.test_data is not None:
+        test = load_labeled(args.test_data, args.test_labels, processor, args.test_limit)[:2]
+    n_labels = int(max(y.max(), test[1].max() if test is not None else 0)) + 1
+    names = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
+    if names is not None and len(names) != n_labels:
+        raise ValueError(f"--label-names gives {len(names)} names; the labels need {n_labels}")
+    print(f"fine-tuning {args.model} on {len(tr)} images ({len(va)} held out for validation), {n_labels} classes")
+    result = finetune(args.model, (ids[tr], y[tr], None if images is None else images[tr]), (ids[va], y[va]),
+                      args.out, cfg, num_labels=n_labels, label_names=names)  # fmt: skip
+    print(f"best validation accuracy {result['best_val_acc']:.4f} at step {result['best_step']} of "
+          f"{result['steps']} ({result['stopped']}, {result['seconds'] / 60:.1f} min); model in {args.out / 'best'}")
+    summary = {"model": str(args.model), "n_train": int(len(tr)), "n_val": int(len(va)), **result,
+               "config": {k: v for k, v in vars(cfg).items()}}  # fmt: skip
+    if test is not None:
+        import torch
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        best = ImageGPTForImageClassification.from_pretrained(args.out / "best", device=device)
+        acc, pred = evaluate_classifier(best, test[0], test[1], progress=not args.quiet, desc="test")
+        matrix = confusion_matrix(test[1], pred, n_labels)
+        label_names = [best.config.id2label[i] for i in range(n_labels)]
+        plot_confusion(matrix, label_names, args.out / "confusion.png")
+        summary.update(test_acc=acc, n_test=int(len(test[1])), confusion=matrix.tolist(), labels=label_names)
+        print(f"test accuracy {acc:.4f} on {len(test[1])} images; confusion matrix (rows true, columns predicted):")
+        for name, row in zip(label_names, matrix):
+            print(f"  {name[:12]:>12} " + " ".join(f"{v:5d}" for v in row))
+        print(f"wrote {args.out / 'confusion.png'}")
+    atomic_write_text(args.out / "finetune.json", json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {args.out / 'finetune.json'}")
+    return 0
+
+
+COMMANDS = {"probe": _probe, "finetune": _finetune}

@@ -26,7 +26,7 @@ from imagegpt.processor import ImageGPTImageProcessor
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImageSource", "ImageFolder", "ArraySource", "open_source", "read_idx", "augment_images",
-           "AugmentedImages", "IMAGE_EXTENSIONS"]  # fmt: skip
+           "AugmentedImages", "IMAGE_EXTENSIONS", "read_labels", "load_labeled"]  # fmt: skip
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): data are big-endian
@@ -297,6 +297,49 @@ class AugmentedImages:
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.get_batch([index])[0]
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Integer class ids (N,) int64 from an IDX labels file or a .npy array."""
+    path = Path(path)
+    y = np.load(path, allow_pickle=False) if path.name.lower().endswith(".npy") else read_idx(path)
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be a 1-D array of integer class ids, got {y.dtype} {y.shape}")
+    return y.astype(np.int64)
+
+
+def load_labeled(data: str | os.PathLike, labels: str | os.PathLike | None, processor: ImageGPTImageProcessor,
+                 limit: int | None = None, keep_images: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Labeled images -> (ids with start token (N, 1 + H*W), labels (N,), images or None).
+
+    Images are resized and quantized by ``processor`` (the model's own size and palette: features and fine-tuning
+    must see the inputs the model was trained on). ``keep_images`` also returns them resized, as (N, H, W, 3) uint8.
+    """
+    if labels is None:
+        raise ValueError(f"{data} needs its labels (--labels / --test-labels)")
+    source, y = open_source(data), read_labels(labels)
+    if source.kind != "images":
+        raise ValueError(f"{data} holds pre-quantized tokens; labeled images are needed here")
+    if len(y) != len(source):
+        raise ValueError(f"{labels} holds {len(y)} labels for {len(source)} images in {data}")
+    n = len(source) if limit is None else min(limit, len(source))
+    ids, kept, images = [], [], []
+    for start in range(0, n, 256):
+        index, batch = source.read(start, min(start + 256, n))
+        if not len(batch):
+            continue
+        ids.append(processor(list(batch), return_tensors="np", add_start_token=True,
+                             input_data_format="channels_last")["input_ids"])  # fmt: skip
+        kept.append(index)  # folders skip unreadable files: keep their labels in step
+        if keep_images:
+            resized = processor(list(batch), return_tensors="np", do_normalize=False, do_color_quantize=False,
+                                input_data_format="channels_last")["pixel_values"]  # (B, 3, H, W) in [0, 1]
+            images.append(np.rint(resized.transpose(0, 2, 3, 1) * 255).astype(np.uint8))
+    if not ids:
+        raise ValueError(f"no readable images in {data}")
+    return np.concatenate(ids), y[np.concatenate(kept)], (np.concatenate(images) if keep_images else None)
 
 
 def _sha256(text: str, data: bytes = b"") -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,20 @@ def _classifier(C: float, max_iter: int, seed: int) -> Any:
                                                               random_state=seed))  # fmt: skip
 
 
+def _fit(clf: Any, x: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> Any:
+    """Fit, turning scikit-learn's per-fit ConvergenceWarning into one log line that says what to do."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf.fit(x, y)
+    for w in caught:
+        if type(w.message).__name__ == "ConvergenceWarning":
+            logger.warning("lbfgs stopped at max_iter=%d before converging (C=%g); a larger max_iter may help "
+                           "slightly", max_iter, C)  # fmt: skip
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return clf
+
+
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
               Cs: Sequence[float] = DEFAULT_CS, max_iter: int = 1000, seed: int = 0) -> ProbeResult:
     """Fit a standardized lbfgs logistic regression for each ``C`` in ``Cs``; keep the best on validation
@@ -156,7 +171,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y
         raise ValueError("Cs must hold at least one value")
     best = None
     for C in sorted(float(c) for c in Cs):
-        clf = _classifier(C, max_iter, seed).fit(train_x, train_y)
+        clf = _fit(_classifier(C, max_iter, seed), train_x, train_y, C, max_iter)
         acc = float((clf.predict(val_x) == np.asarray(val_y)).mean())
         logger.debug("C=%g: val accuracy %.4f", C, acc)
         if best is None or acc > best.val_acc:
@@ -179,7 +194,7 @@ def _probe_one(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndar
     tr, va = _split(len(x), val_fraction, seed)
     res = fit_probe(x[tr], y[tr], x[va], y[va], Cs=Cs, max_iter=max_iter, seed=seed)
     # refit on all training examples with the chosen C: validation only picks C, it need not cost data
-    clf = _classifier(res.C, max_iter, seed).fit(x, y)
+    clf = _fit(_classifier(res.C, max_iter, seed), x, y, res.C, max_iter)
     test_acc = float((clf.predict(test_x) == np.asarray(test_y)).mean())
     return {"C": res.C, "val_acc": res.val_acc, "test_acc": test_acc}
 

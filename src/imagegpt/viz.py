@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from imagegpt.checkpoint import _atomic_write
 
-__all__ = ["image_grid", "plot_loss_curve"]
+__all__ = ["image_grid", "plot_loss_curve", "plot_confusion"]
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 8, pad: int = 2) -> Image.Image:
@@ -73,4 +73,30 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[in
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
         d.line([(w - 90, ly + 6), (w - 70, ly + 6)], fill=color, width=3)
         d.text((w - 64, ly), label, fill="black")
+    _atomic_write(Path(path), lambda p: img.save(p, format="PNG"))
+
+
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | os.PathLike, cell: int = 44) -> None:
+    """Draw a confusion matrix (rows = true class, columns = predicted) as a PNG heat map: each cell shaded by its
+    share of the row, with the count written in it."""
+    matrix = np.asarray(matrix)
+    n = len(matrix)
+    if matrix.shape != (n, n) or len(names) != n:
+        raise ValueError(f"need a square matrix and one name per class, got {matrix.shape} and {len(names)} names")
+    label_w = max(60, 7 * max((len(str(x)) for x in names), default=1) + 10)
+    size = (label_w + n * cell + 10, label_w + n * cell + 30)
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    for i in range(n):
+        for j in range(n):
+            x, y = label_w + j * cell, label_w + i * cell
+            shade = int(255 - 200 * share[i, j])
+            d.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=(220, 220, 220))
+            d.text((x + 4, y + cell // 2 - 6), str(int(matrix[i, j])), fill="black" if shade > 130 else "white")
+        d.text((4, label_w + i * cell + cell // 2 - 6), str(names[i])[:12], fill="black")
+        d.text((label_w + i * cell + 2, label_w - 14 - 12 * (i % 2)), str(names[i])[:7], fill="black")
+    d.text((4, 4), "true (rows) vs predicted (columns)", fill="black")
+    acc = np.trace(matrix) / max(matrix.sum(), 1)
+    d.text((label_w, size[1] - 22), f"accuracy {acc:.4f} on {int(matrix.sum())} images", fill="black")
     _atomic_write(Path(path), lambda p: img.save(p, format="PNG"))

@@ -1,0 +1,261 @@
+"""Fine-tuning a pretrained iGPT as an image classifier (the paper's section 4.3).
+
+:func:`finetune` turns a causal checkpoint into an :class:`~imagegpt.heads.ImageGPTForImageClassification` (a
+linear head on the ``ln_f`` states averaged over positions) and trains every weight on labeled images, optionally
+with the paper's joint objective ``L = L_clf + gen_weight * L_gen`` (the next-pixel loss, through the pretrained LM
+head, keeps the features generative). Each step sees freshly augmented images (random crop after a 1.125x resize,
+left-right flip, as in pretraining). Validation accuracy is measured every ``eval_interval`` steps; the best model
+is kept (written atomically, in transformers' format) and training stops after ``patience`` evaluations without
+improvement. :func:`evaluate_classifier` and :func:`confusion_matrix` measure the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imagegpt.checkpoint import atomic_write_text
+from imagegpt.datasets import augment_images
+from imagegpt.heads import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
+from imagegpt.processor import ImageGPTImageProcessor
+from imagegpt.training import configure_optimizer, lr_at
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FinetuneConfig", "finetune", "evaluate_classifier", "confusion_matrix", "joint_loss"]
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Settings of :func:`finetune`. Steps count optimizer updates of ``batch_size`` images."""
+
+    batch_size: int = 32
+    max_steps: int = 2000
+    lr: float = 3e-4
+    min_lr: float = 1e-5  # the cosine schedule ends here
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    gen_weight: float = 0.0  # > 0: the paper's joint loss, L_clf + gen_weight * next-pixel loss
+    augment: bool = True  # random crop + flip of every training batch
+    dropout: float | None = None  # resid/embd/attn dropout during fine-tuning (None keeps the checkpoint's)
+    eval_interval: int = 100
+    eval_batch_size: int = 64
+    patience: int = 5  # evaluations without a better validation accuracy before stopping; 0 never stops early
+    max_time_minutes: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_steps", "eval_interval", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.min_lr < 0 or self.warmup_steps < 0 or self.patience < 0 or self.gen_weight < 0:
+            raise ValueError("lr must be > 0; min_lr, warmup_steps, patience and gen_weight >= 0")
+
+
+def joint_loss(model: ImageGPTForImageClassification, lm_head: torch.nn.Module | None, ids: torch.Tensor,
+               labels: torch.Tensor, gen_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward over ``ids[:, :-1]`` (ids: (B, 1 + H*W)): (total, classification loss, generative loss).
+
+    The model sees what it saw in pretraining: the start token and every pixel but the last (which is only a
+    target). The classifier pools all those positions; the next-pixel loss (0 unless ``gen_weight`` > 0) scores
+    them against ``ids[:, 1:]`` through ``lm_head``.
+    """
+    hidden = model.transformer(ids[:, :-1], use_cache=False, return_dict=True).last_hidden_state  # (B, H*W, C)
+    logits = model.score(hidden.mean(dim=1))  # (B, num_labels)
+    clf = F.cross_entropy(logits.float(), labels)
+    gen = torch.zeros((), device=ids.device)
+    if gen_weight > 0 and lm_head is not None:
+        pixel_logits = lm_head(hidden)  # (B, H*W, vocab-1): the start token is never a target
+        gen = F.cross_entropy(pixel_logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+    return clf + gen_weight * gen, clf, gen
+
+
+@torch.no_grad()
+def evaluate_classifier(model: ImageGPTForImageClassification, ids: np.ndarray | torch.Tensor, labels: Any,
+                        batch_size: int = 64, progress: bool = False, desc: str = "evaluate"
+                        ) -> tuple[float, np.ndarray]:  # fmt: skip
+    """(accuracy, predicted class ids (N,)) of ``model`` on ``ids`` (N, 1 + H*W) with true ``labels`` (N,).
+
+    The model sees ``ids[:, :-1]``, as in :func:`joint_loss` (and as to call transformers' classifier)."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+    preds = []
+    for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+        logits = model(ids[start : start + batch_size, :-1].to(device), use_cache=False, return_dict=True).logits
+        preds.append(logits.argmax(-1).cpu())
+    model.train(was_training)
+    pred = torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+    y = np.asarray(labels)
+    return (float((pred == y).mean()) if len(y) else math.nan), pred
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
+    """Counts (num_classes, num_classes): row = true class, column = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return matrix
+
+
+def _save_atomic(model: ImageGPTForImageClassification, processor: ImageGPTImageProcessor, path: Path) -> None:
+    """Write the model and its palette into ``path`` by way of a temporary directory: a crash keeps the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_inputs(ids: np.ndarray, labels: np.ndarray, images: np.ndarray | None, n_labels: int, what: str) -> None:
+    if len(ids) != len(labels) or (images is not None and len(images) != len(labels)):
+        raise ValueError(f"{what}: {len(labels)} labels for {len(ids)} images; pass one label per image")
+    if len(labels) == 0:
+        raise ValueError(f"{what}: no images")
+    if labels.min() < 0 or labels.max() >= n_labels:
+        raise ValueError(f"{what}: labels must be class ids in [0, {n_labels}), got {labels.min()}..{labels.max()}")
+
+
+def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+             val: tuple[np.ndarray, np.ndarray], out_dir: str | os.PathLike, cfg: FinetuneConfig | None = None,
+             *, num_labels: int | None = None, label_names: Sequence[str] | None = None,
+             on_eval: Callable[[dict], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune ``model_name_or_path`` as a classifier; the best model by validation accuracy goes to
+    ``out_dir/best`` (config.json, model.safetensors, preprocessor_config.json: transformers loads it).
+
+    Args:
+        train: (ids (N, 1 + H*W), labels (N,), images (N, H, W, 3) uint8 or None) from
+            :func:`imagegpt.datasets.load_labeled`; the images are needed for augmentation.
+        val: (ids, labels) of the validation images that choose the best step.
+        num_labels: classes (default: the largest training label + 1).
+        label_names: names of the classes, written as the config's id2label.
+        on_eval: called with each evaluation record.
+
+    Returns:
+        {"best_step", "best_val_acc", "steps", "stopped", "history", "seconds"}; history holds a record per
+        evaluation ({"step", "loss", "clf_loss", "gen_loss", "val_acc", "lr"}).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or FinetuneConfig()
+    ids, labels, images = train
+    ids, labels, val_ids, val_labels = (np.asarray(a) for a in (ids, labels, val[0], val[1]))
+    n_labels = int(num_labels if num_labels is not None else labels.max() + 1)
+    _check_inputs(ids, labels, images, n_labels, "train")
+    _check_inputs(val_ids, val_labels, None, n_labels, "val")
+    if cfg.augment and images is None:
+        raise ValueError("augmentation needs the training images (load_labeled(..., keep_images=True)), or "
+                         "set augment=False")  # fmt: skip
+    names = list(label_names) if label_names is not None else [str(i) for i in range(n_labels)]
+    if len(names) != n_labels:
+        raise ValueError(f"{len(names)} label names for {n_labels} classes")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    torch.manual_seed(cfg.seed)
+    overrides: dict[str, Any] = {"num_labels": n_labels, "id2label": dict(enumerate(names)),
+                                 "label2id": {n: i for i, n in enumerate(names)}}  # fmt: skip
+    if cfg.dropout is not None:
+        overrides.update({f"{k}_pdrop": cfg.dropout for k in ("resid", "embd", "attn")})
+    model = ImageGPTForImageClassification.from_pretrained(model_name_or_path, **overrides).to(device).train()
+    processor = ImageGPTImageProcessor.from_pretrained(model_name_or_path)
+    if ids.ndim != 2 or ids.shape[1] - 1 > model.config.n_positions:  # the model sees ids[:, :-1]
+        raise ValueError(f"images of {ids.shape[1] - 1} pixels do not fit {model_name_or_path} "
+                         f"({model.config.n_positions} positions); load them with its processor")  # fmt: skip
+    lm_head = None
+    if cfg.gen_weight > 0:
+        if getattr(model.config, "bidirectional", False):
+            raise ValueError(f"{model_name_or_path} is bidirectional (BERT): the next-pixel loss does not apply; "
+                             "set gen_weight=0")  # fmt: skip
+        lm_head = ImageGPTForCausalImageModeling.from_pretrained(model_name_or_path).lm_head.to(device).train()
+    params = torch.nn.ModuleList([model] + ([lm_head] if lm_head is not None else []))
+    opt = configure_optimizer(params, cfg, device)  # type: ignore[arg-type]  (reads lr, betas, weight_decay)
+    size = (processor.size["height"], processor.size["width"])
+    rng = np.random.default_rng([cfg.seed, 2])  # batches and augmentation, separate from the init seed
+    out = Path(out_dir)
+    history: list[dict] = []
+    best_acc, best_step, since_best, stopped = -1.0, 0, 0, "max_steps"
+    order, cursor = rng.permutation(len(labels)), 0
+    sums = np.zeros(3)
+    t0 = time.monotonic()
+    bar = tqdm(total=cfg.max_steps, desc="finetune", unit="step", disable=not cfg.progress)
+    step = 0
+    for step in range(1, cfg.max_steps + 1):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = rng.permutation(len(labels)), 0
+        idx = order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        if cfg.augment:
+            aug = augment_images(images[idx], size, rng, resample=processor.resample)
+            batch = processor(list(aug), return_tensors="pt", add_start_token=True,
+                              input_data_format="channels_last")["input_ids"]  # fmt: skip
+        else:
+            batch = torch.as_tensor(ids[idx], dtype=torch.long)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step - 1, cfg)  # type: ignore[arg-type]
+        loss, clf, gen = joint_loss(model, lm_head, batch.to(device),
+                                    torch.as_tensor(labels[idx], device=device), cfg.gen_weight)  # fmt: skip
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params.parameters(), cfg.grad_clip)
+        opt.step()
+        sums += (loss.item(), clf.item(), gen.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", best=f"{max(best_acc, 0):.3f}")
+        out_of_time = cfg.max_time_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_time_minutes
+        if step % cfg.eval_interval and step != cfg.max_steps and not out_of_time:
+            continue
+        n = (step - 1) % cfg.eval_interval + 1
+        acc, _ = evaluate_classifier(model, val_ids, val_labels, cfg.eval_batch_size, cfg.progress, "validate")
+        record = {"step": step, "loss": sums[0] / n, "clf_loss": sums[1] / n, "gen_loss": sums[2] / n,
+                  "val_acc": acc, "lr": lr_at(step - 1, cfg), "seconds": round(time.monotonic() - t0, 1)}  # type: ignore[arg-type]  # fmt: skip
+        sums[:] = 0
+        history.append(record)
+        logger.info("step %d: loss %.4f val acc %.4f", step, record["loss"], acc)
+        if on_eval is not None:
+            on_eval(record)
+        if acc > best_acc:
+            best_acc, best_step, since_best = acc, step, 0
+            _save_atomic(model, processor, out / "best")
+        else:
+            since_best += 1
+        atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
+        if out_of_time:
+            stopped = "max_time_minutes"
+            break
+        if cfg.patience and since_best >= cfg.patience:
+            stopped = "early_stopping"
+            break
+    bar.close()
+    return {"best_step": best_step, "best_val_acc": best_acc, "steps": step, "stopped": stopped,
+            "history": history, "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
