@@ -51,3 +51,26 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def write_idx(path, array: np.ndarray, code: int) -> None:
     """Write ``array`` (uint8) as an IDX file with type ``code`` (0x803: images, 0x801: labels)."""
     path.write_bytes(struct.pack(">I", code) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def easy_images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes: a bright top half (0) or a bright bottom half (1) on dark noise; (N, size, size) uint8, labels."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype(np.uint8)
+    images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
+    images[labels == 0, : size // 2] = 230
+    images[labels == 1, size // 2 :] = 230
+    return images, labels
+
+
+def easy_idx_args(directory, n: int, n_train: int) -> list[str]:
+    """Write :func:`easy_images` 28x28 as train/test IDX files; the CLI arguments that name them."""
+    images, labels = easy_images(n, 28)
+    args = []
+    for split, part in (("train", slice(0, n_train)), ("test", slice(n_train, n))):
+        write_idx(directory / f"{split}-images-idx3-ubyte", images[part], 0x00000803)
+        write_idx(directory / f"{split}-labels-idx1-ubyte", labels[part], 0x00000801)
+    for flag, name in (("--data", "train-images"), ("--labels", "train-labels"), ("--test-data", "test-images"),
+                       ("--test-labels", "test-labels")):  # fmt: skip
+        args += [flag, str(directory / f"{name}-idx{3 if 'images' in name else 1}-ubyte")]
+    return args

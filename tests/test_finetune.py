@@ -12,24 +12,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import tiny_config, write_idx
+from conftest import easy_idx_args, easy_images, tiny_config
 from imagegpt import ImageGPTForCausalImageModeling
-from imagegpt.finetune import FinetuneConfig, _save_atomic, confusion_matrix, evaluate_classifier, finetune, joint_loss
+from imagegpt.finetune import (FinetuneConfig, _save_atomic, confusion_matrix, evaluate_classifier, finetune,
+                               joint_loss)
 from imagegpt.heads import ImageGPTForImageClassification
 from imagegpt.palette import grayscale_palette
 from imagegpt.processor import ImageGPTImageProcessor
 from imagegpt.training import compute_loss
 from imagegpt.viz import plot_confusion
-
-
-def _easy_images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two classes: a bright top half or a bright bottom half on a dark noisy background; (N, size, size) uint8."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % 2).astype(np.uint8)
-    images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
-    images[labels == 0, : size // 2] = 230
-    images[labels == 1, size // 2 :] = 230
-    return images, labels
 
 
 @pytest.fixture
@@ -43,7 +34,7 @@ def pretrained(tmp_path):
 
 
 def _data(processor, n: int, seed: int = 0):
-    gray, labels = _easy_images(n, 8, seed)
+    gray, labels = easy_images(n, 8, seed)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     ids = processor(list(rgb), return_tensors="np", add_start_token=True, input_data_format="channels_last")
     return ids["input_ids"], labels.astype(np.int64), rgb
@@ -167,19 +158,10 @@ def test_confusion_matrix_and_its_picture(tmp_path):
 def test_cli_finetune_end_to_end(tmp_path, capsys):
     from imagegpt.cli_probe import COMMANDS, add_parsers
 
-    images, labels = _easy_images(40, 28)
-    write_idx(tmp_path / "train-images-idx3-ubyte", images[:32], 0x00000803)
-    write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:32], 0x00000801)
-    write_idx(tmp_path / "test-images-idx3-ubyte", images[32:], 0x00000803)
-    write_idx(tmp_path / "test-labels-idx1-ubyte", labels[32:], 0x00000801)
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
     out = tmp_path / "out"
-    args = parser.parse_args(["finetune", "--model", "fashion-mnist",
-                              "--data", str(tmp_path / "train-images-idx3-ubyte"),
-                              "--labels", str(tmp_path / "train-labels-idx1-ubyte"),
-                              "--test-data", str(tmp_path / "test-images-idx3-ubyte"),
-                              "--test-labels", str(tmp_path / "test-labels-idx1-ubyte"),
+    args = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32),
                               "--label-names", "top,bottom", "--val-size", "8", "--steps", "2", "--batch-size", "4",
                               "--eval-interval", "1", "--gen-weight", "0.5", "--device", "cpu", "--quiet",
                               "--out", str(out)])  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config, write_idx
+from conftest import easy_idx_args, tiny_config
 from imagegpt import ImageGPTForCausalImageModeling
 from imagegpt.heads import ImageGPTForImageClassification
 from imagegpt.model import ImageGPTModel
@@ -110,24 +110,10 @@ def test_plot_probe_writes_png(tmp_path):
 def test_cli_probe_on_easy_idx_data(tmp_path, capsys):
     from imagegpt.cli_probe import COMMANDS, add_parsers
 
-    rng = np.random.default_rng(0)
-    n = 48
-    labels = (np.arange(n) % 2).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    images[labels == 0, :14] = 230  # bright top half vs bright bottom half
-    images[labels == 1, 14:] = 230
-    write_idx(tmp_path / "train-images-idx3-ubyte", images[:32], 0x00000803)
-    write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:32], 0x00000801)
-    write_idx(tmp_path / "test-images-idx3-ubyte", images[32:], 0x00000803)
-    write_idx(tmp_path / "test-labels-idx1-ubyte", labels[32:], 0x00000801)
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
     out = tmp_path / "out"
-    args = parser.parse_args(["probe", "--model", "fashion-mnist",
-                              "--data", str(tmp_path / "train-images-idx3-ubyte"),
-                              "--labels", str(tmp_path / "train-labels-idx1-ubyte"),
-                              "--test-data", str(tmp_path / "test-images-idx3-ubyte"),
-                              "--test-labels", str(tmp_path / "test-labels-idx1-ubyte"),
+    args = parser.parse_args(["probe", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 48, 32),
                               "--concat", "3", "4", "--pixels", "--device", "cpu", "--quiet",
                               "--val-fraction", "0.25", "--out", str(out)])  # fmt: skip
     assert COMMANDS[args.command](args) == 0
