@@ -196,7 +196,7 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
                              "set gen_weight=0")  # fmt: skip
         lm_head = ImageGPTForCausalImageModeling.from_pretrained(model_name_or_path).lm_head.to(device).train()
     params = torch.nn.ModuleList([model] + ([lm_head] if lm_head is not None else []))
-    opt = configure_optimizer(params, cfg, device)  # type: ignore[arg-type]  (reads lr, betas, weight_decay)
+    opt = configure_optimizer(params, cfg, device)  # reads lr, betas and weight_decay only
     size = (processor.size["height"], processor.size["width"])
     rng = np.random.default_rng([cfg.seed, 2])  # batches and augmentation, separate from the init seed
     out = Path(out_dir)
@@ -219,7 +219,7 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
         else:
             batch = torch.as_tensor(ids[idx], dtype=torch.long)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step - 1, cfg)  # type: ignore[arg-type]
+            group["lr"] = lr_at(step - 1, cfg)  # lr_at reads lr, min_lr, warmup_steps, max_steps only
         loss, clf, gen = joint_loss(model, lm_head, batch.to(device),
                                     torch.as_tensor(labels[idx], device=device), cfg.gen_weight)  # fmt: skip
         if not torch.isfinite(loss):
@@ -238,7 +238,7 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
         n = (step - 1) % cfg.eval_interval + 1
         acc, _ = evaluate_classifier(model, val_ids, val_labels, cfg.eval_batch_size, cfg.progress, "validate")
         record = {"step": step, "loss": sums[0] / n, "clf_loss": sums[1] / n, "gen_loss": sums[2] / n,
-                  "val_acc": acc, "lr": lr_at(step - 1, cfg), "seconds": round(time.monotonic() - t0, 1)}  # type: ignore[arg-type]  # fmt: skip
+                  "val_acc": acc, "lr": lr_at(step - 1, cfg), "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
         sums[:] = 0
         history.append(record)
         logger.info("step %d: loss %.4f val acc %.4f", step, record["loss"], acc)
