@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import easy_idx_args, easy_images, tiny_config
 from imagegpt import ImageGPTForCausalImageModeling
 from imagegpt.finetune import (FinetuneConfig, _save_atomic, confusion_matrix, evaluate_classifier, finetune,
-                               joint_loss)
+                               init_head_from_probe, joint_loss)
 from imagegpt.heads import ImageGPTForImageClassification
 from imagegpt.palette import grayscale_palette
 from imagegpt.processor import ImageGPTImageProcessor
@@ -77,6 +77,29 @@ def test_short_finetune_learns_and_keeps_the_best_model(pretrained, tmp_path, ge
     assert acc == result["best_val_acc"] and pred.shape == (32,)
     assert ImageGPTImageProcessor.from_pretrained(out / "best").clusters.shape == (16, 3)
     assert json.loads((out / "history.json").read_text()) == json.loads(json.dumps(history))
+
+
+def test_probe_init_folds_the_fitted_probe_into_the_head(pretrained):
+    path, processor = pretrained
+    ids, labels, _ = _data(processor, 64)
+    model = ImageGPTForImageClassification.from_pretrained(path, num_labels=2)
+    before, _ = evaluate_classifier(model, ids, labels)
+    train_acc = init_head_from_probe(model, ids, labels)
+    after, _ = evaluate_classifier(model, ids, labels)
+    # the head's predictions are the probe's: the feature scaling is folded into the weight exactly
+    assert after == pytest.approx(train_acc, abs=1 / 64) and after >= 0.9 > before
+
+
+def test_finetune_from_a_probe_starts_from_its_accuracy(pretrained, tmp_path):
+    path, processor = pretrained
+    ids, labels, images = _data(processor, 96)
+    cfg = FinetuneConfig(batch_size=16, max_steps=10, lr=1e-3, warmup_steps=2, eval_interval=5, patience=0,
+                         probe_init=64, augment=False, progress=False)  # fmt: skip
+    result = finetune(path, (ids[:64], labels[:64], None), (ids[64:], labels[64:]), tmp_path / "ft", cfg)
+    first = result["history"][0]
+    assert first["step"] == 0 and first["loss"] is None and first["val_acc"] >= 0.9
+    assert [r["step"] for r in result["history"]] == [0, 5, 10]
+    assert result["best_val_acc"] >= first["val_acc"]
 
 
 def test_saved_classifier_loads_in_transformers_with_equal_logits(pretrained, tmp_path, transformers):
@@ -155,6 +178,17 @@ def test_confusion_matrix_and_its_picture(tmp_path):
         plot_confusion(matrix, ["a", "b"], tmp_path / "d.png")
 
 
+def test_validation_accuracy_plot_draws_the_measured_points(tmp_path):
+    from imagegpt.viz import plot_loss_curve
+
+    records = [{"step": 0, "val_acc": 0.5, "loss": None}, {"step": 10, "val_acc": 0.9, "loss": 0.3}]
+    plot_loss_curve(records, tmp_path / "acc.png", curves=[("val_acc", "val")], ylabel="validation accuracy")
+    pixels = np.asarray(Image.open(tmp_path / "acc.png").convert("RGB")).reshape(-1, 3)
+    blue = (np.abs(pixels.astype(int) - (31, 119, 180)).sum(axis=1) < 30).sum()
+    assert blue > 100  # the line and its dots; the loss (one point, no curve asked for) draws nothing orange
+    assert (np.abs(pixels.astype(int) - (255, 127, 14)).sum(axis=1) < 30).sum() == 0
+
+
 def test_cli_finetune_end_to_end(tmp_path, capsys):
     from imagegpt.cli_probe import COMMANDS, add_parsers
 
@@ -164,13 +198,14 @@ def test_cli_finetune_end_to_end(tmp_path, capsys):
     args = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32),
                               "--label-names", "top,bottom", "--val-size", "8", "--steps", "2", "--batch-size", "4",
                               "--eval-interval", "1", "--gen-weight", "0.5", "--device", "cpu", "--quiet",
-                              "--out", str(out)])  # fmt: skip
+                              "--probe-init", "16", "--out", str(out)])  # fmt: skip
     assert COMMANDS[args.command](args) == 0
     summary = json.loads((out / "finetune.json").read_text())
     assert summary["n_train"] == 24 and summary["n_val"] == 8 and summary["n_test"] == 8
     assert summary["labels"] == ["top", "bottom"] and np.sum(summary["confusion"]) == 8
-    assert 0 <= summary["test_acc"] <= 1 and len(summary["history"]) == 2
+    assert 0 <= summary["test_acc"] <= 1 and [r["step"] for r in summary["history"]] == [0, 1, 2]
     assert (out / "confusion.png").is_file() and (out / "best" / "model.safetensors").is_file()
+    assert Image.open(out / "val_acc.png").size == (720, 440)
     assert "test accuracy" in capsys.readouterr().out
     data = ["--data", str(tmp_path / "train-images-idx3-ubyte"), "--labels", str(tmp_path / "train-labels-idx1-ubyte")]
     bad = parser.parse_args(["finetune", *data, "--label-names", "a,b,c", "--val-size", "8", "--out", str(out)])

@@ -19,8 +19,9 @@ example (Fashion-MNIST's IDX files, the paper's joint loss):
       --test-data t10k-images-idx3-ubyte --test-labels t10k-labels-idx1-ubyte --gen-weight 0.5 --steps 2000 \\
       --out runs/finetune
 Writes best/ (the classifier with the best validation accuracy; transformers' ImageGPTForImageClassification
-loads it), history.json (a record per evaluation), finetune.json (test accuracy, confusion matrix) and
-confusion.png into --out.
+loads it), history.json (a record per evaluation), val_acc.png (validation accuracy against step),
+finetune.json (test accuracy, confusion matrix) and confusion.png into --out. With few steps to spend,
+--probe-init 5000 starts the head from a linear probe instead of random weights.
 """
 
 EXAMPLE = """\
@@ -86,6 +87,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--weight-decay", type=float, default=0.01)
     f.add_argument("--gen-weight", type=float, default=0.0, help="weight of the next-pixel loss in the joint loss "
                    "(the paper: 0.5-1; default 0 = classification only)")  # fmt: skip
+    f.add_argument("--probe-init", type=int, default=0, metavar="N", help="start the head from a linear probe on "
+                   "the first N training images (LP-FT; best when steps are few; default 0 = random head)")
     f.add_argument("--dropout", type=float, help="dropout while fine-tuning (default: the checkpoint's)")
     f.add_argument("--no-augment", action="store_true", help="train on the images as they are")
     f.add_argument("--eval-interval", type=int, default=100, help="steps between validations (default 100)")
@@ -161,13 +164,14 @@ def _finetune(args) -> int:
     from imagegpt.finetune import FinetuneConfig, confusion_matrix, evaluate_classifier, finetune
     from imagegpt.heads import ImageGPTForImageClassification
     from imagegpt.processor import ImageGPTImageProcessor
-    from imagegpt.viz import plot_confusion
+    from imagegpt.viz import plot_confusion, plot_loss_curve
 
     cfg = FinetuneConfig(batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
                          warmup_steps=args.warmup, weight_decay=args.weight_decay, gen_weight=args.gen_weight,
-                         augment=not args.no_augment, dropout=args.dropout, eval_interval=args.eval_interval,
-                         patience=args.patience, max_time_minutes=args.max_minutes, seed=args.seed,
-                         device=args.device, progress=not args.quiet)  # fmt: skip
+                         probe_init=args.probe_init, augment=not args.no_augment, dropout=args.dropout,
+                         eval_interval=args.eval_interval, patience=args.patience,
+                         max_time_minutes=args.max_minutes, seed=args.seed, device=args.device,
+                         progress=not args.quiet)  # fmt: skip
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
     ids, y, images = load_labeled(args.data, args.labels, processor, args.limit, keep_images=not args.no_augment)
     if not 1 <= args.val_size < len(y):
@@ -186,6 +190,8 @@ def _finetune(args) -> int:
                       args.out, cfg, num_labels=n_labels, label_names=names)  # fmt: skip
     print(f"best validation accuracy {result['best_val_acc']:.4f} at step {result['best_step']} of "
           f"{result['steps']} ({result['stopped']}, {result['seconds'] / 60:.1f} min); model in {args.out / 'best'}")
+    plot_loss_curve(result["history"], args.out / "val_acc.png", curves=[("val_acc", "val")],
+                    ylabel="validation accuracy")  # fmt: skip
     summary = {"model": str(args.model), "n_train": int(len(tr)), "n_val": int(len(va)), **result,
                "config": {k: v for k, v in vars(cfg).items()}}  # fmt: skip
     if test is not None:
@@ -202,6 +208,7 @@ def _finetune(args) -> int:
         for name, row in zip(label_names, matrix):
             print(f"  {name[:12]:>12} " + " ".join(f"{v:5d}" for v in row))
         print(f"wrote {args.out / 'confusion.png'}")
+    print(f"wrote {args.out / 'val_acc.png'} (validation accuracy against step)")
     atomic_write_text(args.out / "finetune.json", json.dumps(summary, indent=1) + "\n")
     print(f"wrote {args.out / 'finetune.json'}")
     return 0

@@ -3,10 +3,12 @@
 :func:`finetune` turns a causal checkpoint into an :class:`~imagegpt.heads.ImageGPTForImageClassification` (a
 linear head on the ``ln_f`` states averaged over positions) and trains every weight on labeled images, optionally
 with the paper's joint objective ``L = L_clf + gen_weight * L_gen`` (the next-pixel loss, through the pretrained LM
-head, keeps the features generative). Each step sees freshly augmented images (random crop after a 1.125x resize,
-left-right flip, as in pretraining). Validation accuracy is measured every ``eval_interval`` steps; the best model
-is kept (written atomically, in transformers' format) and training stops after ``patience`` evaluations without
-improvement. :func:`evaluate_classifier` and :func:`confusion_matrix` measure the result.
+head, is there to keep the features generative). Each step sees freshly augmented images (random crop after a
+1.125x resize, left-right flip, as in pretraining). The head starts random, or (``probe_init``) from a linear
+probe of the pretrained features (:func:`init_head_from_probe`). Validation accuracy is measured every
+``eval_interval`` steps; the best model is kept (written atomically, in transformers' format) and training stops
+after ``patience`` evaluations without improvement. :func:`evaluate_classifier` and :func:`confusion_matrix`
+measure the result.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ import torch.nn.functional as F
 from imagegpt.checkpoint import atomic_write_text
 from imagegpt.datasets import augment_images
 from imagegpt.heads import ImageGPTForCausalImageModeling, ImageGPTForImageClassification
+from imagegpt.probe import extract_features
 from imagegpt.processor import ImageGPTImageProcessor
 from imagegpt.training import configure_optimizer, lr_at
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FinetuneConfig", "finetune", "evaluate_classifier", "confusion_matrix", "joint_loss"]
+__all__ = ["FinetuneConfig", "finetune", "evaluate_classifier", "confusion_matrix", "joint_loss",
+           "init_head_from_probe"]
 
 
 @dataclasses.dataclass
@@ -51,6 +55,7 @@ class FinetuneConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
     gen_weight: float = 0.0  # > 0: the paper's joint loss, L_clf + gen_weight * next-pixel loss
+    probe_init: int = 0  # > 0: start the head from a linear probe on this many training images (LP-FT)
     augment: bool = True  # random crop + flip of every training batch
     dropout: float | None = None  # resid/embd/attn dropout during fine-tuning (None keeps the checkpoint's)
     eval_interval: int = 100
@@ -65,8 +70,8 @@ class FinetuneConfig:
         for name in ("batch_size", "max_steps", "eval_interval", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.warmup_steps < 0 or self.patience < 0 or self.gen_weight < 0:
-            raise ValueError("lr must be > 0; min_lr, warmup_steps, patience and gen_weight >= 0")
+        if min(self.min_lr, self.warmup_steps, self.patience, self.gen_weight, self.probe_init) < 0 or self.lr <= 0:
+            raise ValueError("lr must be > 0; min_lr, warmup_steps, patience, gen_weight and probe_init >= 0")
 
 
 def joint_loss(model: ImageGPTForImageClassification, lm_head: torch.nn.Module | None, ids: torch.Tensor,
@@ -108,6 +113,37 @@ def evaluate_classifier(model: ImageGPTForImageClassification, ids: np.ndarray |
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
     y = np.asarray(labels)
     return (float((pred == y).mean()) if len(y) else math.nan), pred
+
+
+@torch.no_grad()
+def init_head_from_probe(model: ImageGPTForImageClassification, ids: np.ndarray, labels: np.ndarray,
+                         batch_size: int = 64, l2: float = 1e-4, max_iter: int = 300, progress: bool = False) -> float:
+    """Set ``model.score`` to a logistic regression fit on the model's own pooled features of ``ids`` (N, 1 + H*W).
+
+    A freshly initialized head sends near-random gradients into the pretrained trunk for hundreds of steps;
+    starting from the linear probe instead (LP-FT: Kumar et al., 2022) makes step 0 as good as the probe. The
+    head has no bias (as transformers'), so the features are only scaled
+    (not centered) for the fit and the scale is folded back into the weight. Returns the training accuracy.
+    """
+    n_layer = model.config.n_layer
+    pooled = extract_features(model, ids, layers=[n_layer], batch_size=batch_size, progress=progress)[n_layer]
+    x = torch.as_tensor(pooled, device=model.score.weight.device)  # (N, C): the ln_f output, pooled as the head pools
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=x.device)
+    scale = x.std(dim=0).clamp_min(1e-6)
+    z = x / scale
+    w = torch.zeros(model.score.out_features, x.shape[1], device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w.T, y) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    model.score.weight.copy_((w.detach() / scale).to(model.score.weight.dtype))
+    return float(((z @ w.detach().T).argmax(-1) == y).float().mean())
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
@@ -189,6 +225,10 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
     if ids.ndim != 2 or ids.shape[1] - 1 > model.config.n_positions:  # the model sees ids[:, :-1]
         raise ValueError(f"images of {ids.shape[1] - 1} pixels do not fit {model_name_or_path} "
                          f"({model.config.n_positions} positions); load them with its processor")  # fmt: skip
+    if cfg.probe_init:
+        n = min(cfg.probe_init, len(labels))
+        acc = init_head_from_probe(model, ids[:n], labels[:n], cfg.eval_batch_size, progress=cfg.progress)
+        logger.info("head initialized from a linear probe on %d training images (training accuracy %.4f)", n, acc)
     lm_head = None
     if cfg.gen_weight > 0:
         if getattr(model.config, "bidirectional", False):
@@ -205,6 +245,28 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
     order, cursor = rng.permutation(len(labels)), 0
     sums = np.zeros(3)
     t0 = time.monotonic()
+
+    def validate(step: int, n: int) -> bool:
+        """Measure, record and keep the best; True when it improved on the best so far."""
+        nonlocal best_acc, best_step
+        acc, _ = evaluate_classifier(model, val_ids, val_labels, cfg.eval_batch_size, cfg.progress, "validate")
+        mean = [float(v) / n for v in sums] if n else [None] * 3  # no training loss before the first step
+        record = {"step": step, "loss": mean[0], "clf_loss": mean[1], "gen_loss": mean[2], "val_acc": acc,
+                  "lr": lr_at(max(step - 1, 0), cfg), "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+        sums[:] = 0
+        history.append(record)
+        logger.info("step %d: loss %s val acc %.4f", step, "-" if n == 0 else f"{mean[0]:.4f}", acc)
+        if on_eval is not None:
+            on_eval(record)
+        improved = acc > best_acc
+        if improved:
+            best_acc, best_step = acc, step
+            _save_atomic(model, processor, out / "best")
+        atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
+        return improved
+
+    if cfg.probe_init:
+        validate(0, 0)  # the probe-initialized start: fine-tuning has to beat it to replace it
     bar = tqdm(total=cfg.max_steps, desc="finetune", unit="step", disable=not cfg.progress)
     step = 0
     for step in range(1, cfg.max_steps + 1):
@@ -235,21 +297,7 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
         out_of_time = cfg.max_time_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_time_minutes
         if step % cfg.eval_interval and step != cfg.max_steps and not out_of_time:
             continue
-        n = (step - 1) % cfg.eval_interval + 1
-        acc, _ = evaluate_classifier(model, val_ids, val_labels, cfg.eval_batch_size, cfg.progress, "validate")
-        record = {"step": step, "loss": sums[0] / n, "clf_loss": sums[1] / n, "gen_loss": sums[2] / n,
-                  "val_acc": acc, "lr": lr_at(step - 1, cfg), "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
-        sums[:] = 0
-        history.append(record)
-        logger.info("step %d: loss %.4f val acc %.4f", step, record["loss"], acc)
-        if on_eval is not None:
-            on_eval(record)
-        if acc > best_acc:
-            best_acc, best_step, since_best = acc, step, 0
-            _save_atomic(model, processor, out / "best")
-        else:
-            since_best += 1
-        atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
+        since_best = 0 if validate(step, (step - 1) % cfg.eval_interval + 1) else since_best + 1
         if out_of_time:
             stopped = "max_time_minutes"
             break

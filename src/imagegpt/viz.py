@@ -32,12 +32,19 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 8, pad: int = 
     return canvas
 
 
-def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[int, int] = (720, 440)) -> None:
-    """Draw train (blue) and validation (orange) loss against step as a PNG, with Pillow only."""
+_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44))
+
+
+def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[int, int] = (720, 440),
+                    curves: Sequence[tuple[str, str]] = (("loss", "train"), ("val_loss", "val")),
+                    ylabel: str = "loss (nats/token)") -> None:  # fmt: skip
+    """Draw ``records``' values against their "step" as a PNG, with Pillow only: one colored line per
+    (key, legend label) of ``curves`` (default: train loss in blue, validation loss in orange); records without a
+    finite value for a key are skipped for that curve."""
     finite = lambda v: v is not None and math.isfinite(v)  # noqa: E731
-    train = [(r["step"], r["loss"]) for r in records if finite(r.get("loss"))]
-    val = [(r["step"], r["val_loss"]) for r in records if finite(r.get("val_loss"))]
-    points = train + val
+    lines = [([(r["step"], r[key]) for r in records if finite(r.get(key))], color, label)
+             for (key, label), color in zip(curves, _COLORS)]  # fmt: skip
+    points = [p for series, _, _ in lines for p in series]
     if not points:
         return
     w, h = size
@@ -61,14 +68,15 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[in
         d.text((x - 10, h - bottom + 8), f"{s:.0f}", fill="black")
     d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
     d.text((w // 2 - 12, h - 20), "step", fill="black")
-    d.text((5, 8), "loss (nats/token)", fill="black")
-    for series, color, label, ly in ((train, (31, 119, 180), "train", 10), (val, (255, 127, 14), "val", 24)):
+    d.text((5, 8), ylabel, fill="black")
+    for i, (series, color, label) in enumerate(lines):
         if not series:
             continue
+        ly = 10 + 14 * i
         xys = [xy(s, v) for s, v in sorted(series)]
         if len(xys) > 1:
             d.line(xys, fill=color, width=2)
-        if series is val or len(xys) == 1:
+        if len(xys) <= 60:  # sparse series (evaluations) get a dot per measurement
             for x, y in xys:
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
         d.line([(w - 90, ly + 6), (w - 70, ly + 6)], fill=color, width=3)
