@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The experiment of docs/results.md: pretrain an iGPT on Fashion-MNIST's training images (no labels), then
 # linear-probe every layer (with the raw-pixel baseline) and fine-tune it as a classifier.
-# Needs: bash scripts/setup.sh; apt-get install -y dataset-fashion-mnist. About 2.5 hours on a 2-core CPU.
+# Needs: bash scripts/setup.sh; apt-get install -y dataset-fashion-mnist. About 3 hours on a 2-core CPU.
 # Each step is skipped when its output exists; OUT (default runs/exp) holds everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
