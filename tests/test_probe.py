@@ -98,6 +98,21 @@ def test_probe_layers_rows_and_baseline():
         probe_layers(train, y, test, ty, concat=[0, 5])
 
 
+def test_pixel_baseline_counts_gray_pixels_once():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (40, 4, 4), dtype=np.uint8)
+    labels = (gray.reshape(40, -1).mean(1) > 127).astype(int)
+    as_rgb = np.repeat(gray[..., None], 3, axis=-1)  # what load_labeled returns for gray images
+    row = raw_pixel_baseline(as_rgb[:30], labels[:30], as_rgb[30:], labels[30:], Cs=(1.0,))
+    assert row["dims"] == 16
+    assert row == raw_pixel_baseline(gray[:30], labels[:30], gray[30:], labels[30:], Cs=(1.0,))
+    color = as_rgb.copy()
+    color[..., 2] = 0
+    assert raw_pixel_baseline(color[:30], labels[:30], color[30:], labels[30:], Cs=(1.0,))["dims"] == 48
+    with pytest.raises(ValueError, match="differ in size"):
+        raw_pixel_baseline(gray[:30], labels[:30], gray[30:, :2], labels[30:], Cs=(1.0,))
+
+
 def test_plot_probe_writes_png(tmp_path):
     rows = [{"layer": i, "C": 1.0, "val_acc": 0.5 + i / 10, "test_acc": 0.4 + i / 10} for i in range(5)]
     rows.append({"layer": "pixels", "C": 1.0, "val_acc": 0.6, "test_acc": 0.55})

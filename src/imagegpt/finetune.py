@@ -122,8 +122,8 @@ def init_head_from_probe(model: ImageGPTForImageClassification, ids: np.ndarray,
 
     A freshly initialized head sends near-random gradients into the pretrained trunk for hundreds of steps;
     starting from the linear probe instead (LP-FT: Kumar et al., 2022) makes step 0 as good as the probe. The
-    head has no bias (as transformers'), so the features are only scaled
-    (not centered) for the fit and the scale is folded back into the weight. Returns the training accuracy.
+    head has no bias (as transformers'), so the features are only scaled (not centered) for the fit and the
+    scale is folded back into the weight. Returns the training accuracy.
     """
     n_layer = model.config.n_layer
     pooled = extract_features(model, ids, layers=[n_layer], batch_size=batch_size, progress=progress)[n_layer]

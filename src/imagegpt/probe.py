@@ -224,14 +224,33 @@ def probe_layers(features_train: dict[int, np.ndarray], y_train: np.ndarray, fea
     return rows
 
 
+def _pixel_matrix(images: np.ndarray) -> np.ndarray:
+    """(N, pixels, channels) float32 in [0, 1] from uint8 images (N, H, W, C) or (N, H, W)."""
+    images = np.asarray(images)
+    channels = images.shape[-1] if images.ndim == 4 else 1
+    return images.reshape(len(images), -1, channels).astype(np.float32) / 255.0
+
+
+def _is_gray(x: np.ndarray) -> bool:
+    return x.shape[-1] == 3 and bool((x[..., :1] == x[..., 1:]).all())
+
+
 def raw_pixel_baseline(train_images: np.ndarray, y_train: np.ndarray, test_images: np.ndarray, y_test: np.ndarray,
                        val_fraction: float = 0.1, seed: int = 0, Cs: Sequence[float] = DEFAULT_CS,
                        max_iter: int = 1000) -> dict:
-    """The same probe on raw pixels (uint8 images (N, ...) scaled to [0, 1]): {"layer": "pixels", ...}."""
-    x = np.asarray(train_images).reshape(len(train_images), -1).astype(np.float32) / 255.0
-    tx = np.asarray(test_images).reshape(len(test_images), -1).astype(np.float32) / 255.0
-    return {"layer": "pixels", **_probe_one(x, np.asarray(y_train), tx, np.asarray(y_test), val_fraction, seed,
-                                            Cs, max_iter)}  # fmt: skip
+    """The same probe on raw pixels (uint8 images (N, ...) scaled to [0, 1]): {"layer": "pixels", "dims", ...}.
+
+    Gray images stored as RGB (three equal channels, as :func:`imagegpt.datasets.load_labeled` returns them) count
+    each pixel once: three copies would triple the fitting time and weaken the regularization at a given C."""
+    x, tx = _pixel_matrix(train_images), _pixel_matrix(test_images)
+    if x.shape[1:] != tx.shape[1:]:
+        raise ValueError(f"train and test images differ in size ({np.shape(train_images)[1:]} vs "
+                         f"{np.shape(test_images)[1:]}); resize them alike (load_labeled does)")  # fmt: skip
+    if _is_gray(x) and _is_gray(tx):
+        x, tx = x[..., :1], tx[..., :1]
+    x, tx = x.reshape(len(x), -1), tx.reshape(len(tx), -1)
+    row = _probe_one(x, np.asarray(y_train), tx, np.asarray(y_test), val_fraction, seed, Cs, max_iter)
+    return {"layer": "pixels", "dims": x.shape[1], **row}
 
 
 def plot_probe(rows: list[dict], path: str | os.PathLike, size: tuple[int, int] = (720, 440)) -> None:

@@ -39,8 +39,8 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[in
                     curves: Sequence[tuple[str, str]] = (("loss", "train"), ("val_loss", "val")),
                     ylabel: str = "loss (nats/token)") -> None:  # fmt: skip
     """Draw ``records``' values against their "step" as a PNG, with Pillow only: one colored line per
-    (key, legend label) of ``curves`` (default: train loss in blue, validation loss in orange); records without a
-    finite value for a key are skipped for that curve."""
+    (key, legend label) of ``curves``, up to three (default: train loss in blue, validation loss in orange);
+    records without a finite value for a key are skipped for that curve."""
     finite = lambda v: v is not None and math.isfinite(v)  # noqa: E731
     lines = [([(r["step"], r[key]) for r in records if finite(r.get(key))], color, label)
              for (key, label), color in zip(curves, _COLORS)]  # fmt: skip
