@@ -35,7 +35,7 @@ def _logits(model, ids):
 
 def test_round_trip_and_layout(saved):
     model, path = saved
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
     state = load_file(path / "model.safetensors")
     # transformers' Conv1D layout: (in, out)
     assert state["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)
@@ -175,7 +175,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(saved, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(path)
     assert (path / "model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]  # no temp files left
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]  # no temp files left
     ImageGPTForCausalImageModeling.from_pretrained(path)
 
 

@@ -29,7 +29,8 @@ def test_help_texts(command, capsys):
 def test_init_info_score_end_to_end(tmp_path, capsys):
     model_dir = tmp_path / "tiny"
     assert main(["init", "--preset", "tiny", "--out", str(model_dir)]) == 0
-    assert {p.name for p in model_dir.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    assert {p.name for p in model_dir.iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
+                                                "preprocessor_config.json"}
     assert main(["info", str(model_dir)]) == 0
     assert "64 colors" in capsys.readouterr().out
     grid = tmp_path / "grid.png"

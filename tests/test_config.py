@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from imagegpt import PRESETS, ImageGPTConfig
+from imagegpt import PRESETS, ImageGPTConfig, ImageGPTModel
 
 FIELDS = [
     "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function", "resid_pdrop",
@@ -62,7 +62,8 @@ def test_unknown_keys_round_trip_and_bookkeeping_dropped(tmp_path):
     config = ImageGPTConfig.from_pretrained(tmp_path)
     assert config.custom_field == [1, 2]
     out = config.to_dict()
-    assert out["custom_field"] == [1, 2] and "transformers_version" not in out and "architectures" not in out
+    assert out["custom_field"] == [1, 2] and "transformers_version" not in out
+    assert out["architectures"] == ["ImageGPTForCausalImageModeling"]  # kept, as transformers
     assert ImageGPTConfig.from_dict(out) == config
 
 
@@ -78,7 +79,6 @@ def test_overrides_and_num_labels():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(n_embd=30, n_head=8), r"n_embd \(30\) must be divisible by n_head \(8\)"),
         (dict(n_layer=0), r"n_layer must be a positive integer, got 0"),
         (dict(n_head=-2), r"n_head must be a positive integer, got -2"),
         (dict(n_positions=2.5), r"n_positions must be a positive integer, got 2.5"),
@@ -92,6 +92,12 @@ def test_overrides_and_num_labels():
 def test_invalid_values_name_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ImageGPTConfig(**kwargs)
+
+
+def test_head_divisibility_checked_when_a_model_is_built():
+    config = ImageGPTConfig(n_embd=30, n_head=8)  # accepted on its own, as transformers
+    with pytest.raises(ValueError, match=r"n_embd \(30\) must be divisible by n_head \(8\)"):
+        ImageGPTModel(config)
 
 
 def test_wrong_model_type_and_unknown_preset():

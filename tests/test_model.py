@@ -220,7 +220,7 @@ def test_output_tuple_indexing():
     out = model(ids, labels=ids, use_cache=False)
     loss, logits = out[:2]
     assert loss is out.loss and logits is out["logits"]
-    assert out.keys() == ["loss", "logits"]
+    assert list(out.keys()) == ["loss", "logits"]
 
 
 def test_past_key_values_are_used_even_with_use_cache_false():

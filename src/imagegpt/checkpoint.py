@@ -12,15 +12,19 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from imagegpt.atomic import atomic_write as _atomic_write
+from imagegpt.atomic import atomic_write_text
 from imagegpt.config import ImageGPTConfig
+from imagegpt.generation_config import GENERATION_CONFIG_NAME, GenerationConfig
 from imagegpt.hub import resolve_file
+from imagegpt.hooks import ModelHooksMixin
+from imagegpt.layers import init_module_weights
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +52,9 @@ WEIGHT_FILES = (
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not fit the model."""
+class CheckpointError(ValueError, RuntimeError):
+    """A checkpoint is missing, corrupt, or does not fit the model. A ValueError, and a RuntimeError as the size
+    mismatches transformers (and torch's ``load_state_dict``) raise."""
 
 
 def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -67,25 +72,15 @@ def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one, never half of one."""
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp creates the file private (0600); give it the mode of the file it replaces, or the usual 0644
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _hf_layout(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict given in memory has transformers' Conv1D layout (c_attn/c_fc weights (in, out)) rather
+    than ours: told by the first non-square projection weight (c_attn is (n_embd, 3 n_embd) there)."""
+    for key, value in state.items():
+        if CONV1D_WEIGHT.search(key) and value.dim() == 2 and value.shape[0] != value.shape[1]:
+            return key.endswith(("c_attn.weight", "q_attn.weight")) and value.shape[1] > value.shape[0] or (
+                key.endswith("c_fc.weight") and value.shape[0] < value.shape[1]) or (
+                key.endswith("c_proj.weight") and value.shape[0] > value.shape[1])  # fmt: skip
+    return True
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
@@ -141,31 +136,19 @@ def _resolve_dtype(torch_dtype: Any, state: dict[str, torch.Tensor]) -> torch.dt
     return torch_dtype
 
 
-def _resized(layer: nn.Module, rows: int, std: float) -> nn.Module:
-    """A copy of an embedding (or bias-free linear) with ``rows`` output rows, old rows kept, new ones random."""
-    old = layer.weight
-    new = type(layer)(rows, old.shape[1]) if isinstance(layer, nn.Embedding) else nn.Linear(
-        old.shape[1], rows, bias=False
-    )  # fmt: skip
-    new = new.to(device=old.device, dtype=old.dtype)
-    with torch.no_grad():
-        nn.init.normal_(new.weight, std=std)
-        n = min(rows, old.shape[0])
-        new.weight[:n] = old[:n]
-    return new
-
-
-class PreTrainedMixin:
-    """``from_pretrained`` / ``save_pretrained`` and helpers shared by the three model classes."""
+class PreTrainedMixin(ModelHooksMixin):
+    """``from_pretrained`` / ``save_pretrained`` shared by the three model classes (other hooks: ModelHooksMixin)."""
 
     config: ImageGPTConfig
-    base_model_prefix = "transformer"
 
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | os.PathLike,
+        name_or_path: str | os.PathLike | None,
         *,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        output_loading_info: bool = False,
+        attn_implementation: str | None = None,
         config: ImageGPTConfig | None = None,
         torch_dtype: torch.dtype | str | None = None,
         dtype: torch.dtype | str | None = None,
@@ -185,22 +168,36 @@ class PreTrainedMixin:
         warning. Other missing, unexpected or mis-shaped weights raise :class:`CheckpointError` listing them;
         ``strict=False`` turns that into a warning (missing ones are initialized), and
         ``ignore_mismatched_sizes=True`` re-initializes mis-shaped ones.
+
+        As transformers: ``name_or_path=None`` with ``config=`` and ``state_dict=`` (ours or transformers' layout)
+        builds the model from those; ``output_loading_info=True`` also returns ``{"missing_keys",
+        "unexpected_keys", "mismatched_keys", "error_msgs"}``; ``attn_implementation`` is "sdpa" or "eager".
         """
         hub = {"cache_dir": cache_dir, "revision": revision, "token": token, "local_files_only": local_files_only}
+        if name_or_path is None and (config is None or state_dict is None):
+            raise ValueError("from_pretrained(None, ...) needs both config= and state_dict=")
         if config is None:
             config = ImageGPTConfig.from_pretrained(name_or_path, **hub, **config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
-        state = from_hf_state_dict(load_weights(name_or_path, **hub))
+        raw = state_dict if state_dict is not None else load_weights(name_or_path, **hub)
+        state = from_hf_state_dict(raw) if state_dict is None or _hf_layout(raw) else dict(raw)
         target_dtype = _resolve_dtype(dtype if dtype is not None else torch_dtype, state)
         with torch.device("meta"):  # no time spent initializing weights that are about to be replaced
             model = cls(config)
-        model._load_checkpoint_state(state, strict, ignore_mismatched_sizes, str(name_or_path))
+        info = model._load_checkpoint_state(state, strict, ignore_mismatched_sizes, str(name_or_path or "state_dict"))
         if target_dtype is not None:
             model = model.to(target_dtype)
         if device is not None:
             model = model.to(device)
-        return model.eval()
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        if name_or_path is not None and getattr(model, "generation_config", None) is not None:
+            path = resolve_file(name_or_path, GENERATION_CONFIG_NAME, required=False, **hub)
+            if path is not None:
+                model.generation_config = GenerationConfig.from_pretrained(path.parent)
+        model.eval()
+        return (model, info) if output_loading_info else model
 
     def _load_checkpoint_state(self, state, strict, ignore_mismatched_sizes, source) -> None:
         expected = dict(self.state_dict(keep_vars=True))
@@ -213,6 +210,7 @@ class PreTrainedMixin:
         unexpected = [k for k in state if k not in expected]
         mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
         shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in mismatched]
+        state_shapes = {k: state[k].shape for k in mismatched}
         for key in mismatched:
             del state[key]
         head_missing = [k for k in missing if k.startswith(HEAD_KEYS)]
@@ -238,11 +236,12 @@ class PreTrainedMixin:
             logger.warning("newly initialized (train them before use): %s", ", ".join(head_missing + shapes))
         self.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
         self._materialize(fresh)
+        return {"missing_keys": missing + head_missing, "unexpected_keys": unexpected + head_unexpected,
+                "mismatched_keys": [(k, tuple(state_shapes[k]), tuple(expected[k].shape)) for k in mismatched],
+                "error_msgs": problems}  # fmt: skip
 
     def _materialize(self, names: list[str]) -> None:
         """Give the parameters still on the meta device real storage and transformers' initialization."""
-        from imagegpt.model import init_module_weights
-
         device = next((p.device for p in self.parameters() if p.device.type != "meta"), torch.device("cpu"))
         dtype = next((p.dtype for p in self.parameters() if p.device.type != "meta"), torch.float32)
         for name in names:
@@ -267,55 +266,13 @@ class PreTrainedMixin:
             _atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p), {"format": "pt"}))
         else:
             _atomic_write(directory / "pytorch_model.bin", lambda p: torch.save(state, p))
+        if getattr(self, "generation_config", None) is not None:
+            self.generation_config.save_pretrained(directory)
         config = self.config.to_dict()
         config["architectures"] = [type(self).__name__]
         atomic_write_text(directory / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def init_weights(self) -> None:
         """(Re-)initialize every weight with transformers' scheme."""
-        from imagegpt.model import init_module_weights
-
         init_module_weights(self, self.config)
 
-    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        """Number of parameters, optionally only trainable ones and/or without the embedding tables."""
-        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
-        return sum(
-            p.numel() for p in self.parameters() if id(p) not in skip and (p.requires_grad or not only_trainable)
-        )
-
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute each block's activations in the backward pass (less memory, ~30% more compute)."""
-        self._base().gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        self._base().gradient_checkpointing = False
-
-    def resize_token_embeddings(self, new_num_tokens: int) -> nn.Embedding:
-        """Change ``vocab_size`` (e.g. for a palette of another size): keeps the rows that remain, initializes
-        new ones, and resizes the untied LM head to ``new_num_tokens - 1`` outputs."""
-        if not isinstance(new_num_tokens, int) or new_num_tokens < 2:
-            raise ValueError(f"new_num_tokens must be an integer >= 2, got {new_num_tokens!r}")
-        base, std = self._base(), self.config.initializer_range
-        base.wte = _resized(base.wte, new_num_tokens, std)
-        if hasattr(self, "lm_head"):
-            self.lm_head = _resized(self.lm_head, new_num_tokens - 1, std)
-        self.config.vocab_size = new_num_tokens
-        return base.wte
-
-    def set_attn_implementation(self, name: str) -> None:
-        """``"sdpa"`` (default, fused) or ``"eager"`` (the readable reference path, returns weights)."""
-        if name not in ("sdpa", "eager"):
-            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {name!r}")
-        self._base().attn_implementation = name
-
-    def _base(self):
-        return getattr(self, self.base_model_prefix, self)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from imagegpt.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ImageGPTConfig", "PRESETS", "ACTIVATIONS"]
@@ -31,7 +33,7 @@ _ALIASES = {
 }
 
 # Keys transformers writes for its own bookkeeping; read and dropped.
-_BOOKKEEPING = {"architectures", "transformers_version", "_name_or_path", "model_type", "torch_dtype", "dtype"}
+_BOOKKEEPING = {"transformers_version", "_name_or_path", "model_type"}
 
 _DEFAULTS: dict[str, Any] = {
     "vocab_size": 512 + 1,  # 512 colors + the start-of-sequence token (id 512)
@@ -59,7 +61,16 @@ _DEFAULTS: dict[str, Any] = {
     "output_hidden_states": False,
     "output_attentions": False,
     "return_dict": True,
+    # transformers' PreTrainedConfig fields, kept and written as it does
+    "architectures": None,
+    "chunk_size_feed_forward": 0,
+    "dtype": None,  # a torch.dtype once set ("float16" and "torch.float16" are read as torch.float16)
+    "is_encoder_decoder": False,
 }
+
+# The fields every transformers config has: to_diff_dict writes them only when they differ from the default.
+_COMMON = {"problem_type", "output_hidden_states", "output_attentions", "return_dict", "architectures",
+           "chunk_size_feed_forward", "dtype", "is_encoder_decoder", "id2label", "label2id"}  # fmt: skip
 
 _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
@@ -79,6 +90,7 @@ class ImageGPTConfig:
     """
 
     model_type = "imagegpt"
+    sub_configs: dict[str, type] = {}  # none: ImageGPT is not a composite model
 
     def __init__(self, **kwargs: Any) -> None:
         for alias, name in _ALIASES.items():
@@ -86,6 +98,9 @@ class ImageGPTConfig:
                 kwargs[name] = kwargs.pop(alias)
         for key in _BOOKKEEPING:
             kwargs.pop(key, None)
+        if "torch_dtype" in kwargs:  # transformers' older name
+            torch_dtype = kwargs.pop("torch_dtype")
+            kwargs.setdefault("dtype", torch_dtype)
         for key, default in _DEFAULTS.items():
             object.__setattr__(self, key, kwargs.pop(key, default))
         id2label = kwargs.pop("id2label", None)
@@ -101,6 +116,8 @@ class ImageGPTConfig:
         if len(self.label2id) != len(self.id2label):
             self.label2id = {v: k for k, v in self.id2label.items()}
         self.extra: dict[str, Any] = kwargs  # unknown keys, kept for round trips
+        if self.dtype is not None:
+            self.dtype = _as_dtype(self.dtype)
         self.validate()
 
     # --- aliases, as transformers' attribute_map -------------------------------------------------------------
@@ -135,8 +152,13 @@ class ImageGPTConfig:
         """Id of the start-of-sequence token that leads every sequence: ``vocab_size - 1``."""
         return self.vocab_size - 1
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field and its value."""
+    def get_text_config(self, decoder: bool | None = None) -> "ImageGPTConfig":
+        """The config itself (transformers' composite models return a sub-config here)."""
+        return self
+
+    def validate(self, for_model: bool = False) -> None:
+        """Raise ValueError naming the first invalid field and its value. ``n_embd`` divisible by ``n_head`` is
+        checked only ``for_model`` (when a model is built), as transformers accepts such a config on its own."""
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -145,9 +167,9 @@ class ImageGPTConfig:
             raise ValueError(
                 f"ImageGPTConfig.vocab_size must be >= 2 (colors + the start token), got {self.vocab_size!r}"
             )
-        if self.n_embd % self.n_head != 0:
+        if for_model and self.n_embd % self.n_head != 0:
             raise ValueError(
-                f"ImageGPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+                f"ImageGPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}) to build a model"
             )
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
             raise ValueError(f"ImageGPTConfig.n_inner must be None or a positive integer, got {self.n_inner!r}")
@@ -197,6 +219,9 @@ class ImageGPTConfig:
         from imagegpt.hub import resolve_file
 
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+        subfolder = kwargs.pop("subfolder", None) or ""
+        if subfolder:
+            name_or_path = Path(name_or_path) / subfolder
         path = resolve_file(name_or_path, "config.json", **hub_kwargs)
         config = cls.from_json_file(path)
         return cls(**{**config.to_dict(), **kwargs}) if kwargs else config
@@ -209,15 +234,20 @@ class ImageGPTConfig:
         out["label2id"] = dict(self.label2id)
         out.update(copy.deepcopy(self.extra))
         out["model_type"] = self.model_type
+        if out["dtype"] is not None:
+            out["dtype"] = str(out["dtype"]).removeprefix("torch.")
         return dict(sorted(out.items()))
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """As transformers: ``to_dict`` without the fields common to all configs that keep their default value."""
+        defaults = ImageGPTConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if k not in _COMMON or v != defaults.get(k)}
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Write ``config.json`` (atomically) into ``save_directory``."""
-        from imagegpt.checkpoint import atomic_write_text
-
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / "config.json", self.to_json_string())
@@ -228,5 +258,20 @@ class ImageGPTConfig:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ImageGPTConfig) and self.to_dict() == other.to_dict()
 
+    def __iter__(self):
+        """The field names, as iterating a transformers config (``for key in config``)."""
+        return iter(self.to_dict())
+
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
+
+
+def _as_dtype(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.dtype):
+        return value
+    found = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(found, torch.dtype):
+        raise ValueError(f"ImageGPTConfig.dtype must be a torch dtype or its name (e.g. 'float16'), got {value!r}")
+    return found

@@ -10,7 +10,8 @@ from imagegpt.checkpoint import PreTrainedMixin
 from imagegpt.config import ImageGPTConfig
 from imagegpt.model import ImageGPTModel
 from imagegpt.outputs import CausalLMOutput, ImageClassifierOutput
-from imagegpt.sampling import generate
+from imagegpt.generation import generate
+from imagegpt.generation_config import GenerationConfig
 
 __all__ = [
     "ImageGPTForCausalImageModeling",
@@ -33,6 +34,7 @@ class ImageGPTForCausalImageModeling(PreTrainedMixin, nn.Module):
         self.transformer = ImageGPTModel(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size - 1, bias=False)
         nn.init.normal_(self.lm_head.weight, std=config.initializer_range)
+        self.generation_config = GenerationConfig.from_model_config(config)  # saved as generation_config.json
 
     def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
                 position_ids=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
@@ -51,9 +53,9 @@ class ImageGPTForCausalImageModeling(PreTrainedMixin, nn.Module):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         return result if return_dict else result.to_tuple()
 
-    def generate(self, input_ids: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """transformers-compatible ``generate`` on a static KV cache; see :func:`imagegpt.sampling.generate`."""
-        return generate(self, input_ids, **kwargs)
+    def generate(self, inputs: torch.Tensor | None = None, **kwargs):
+        """transformers' ``generate`` on a static KV cache; see :func:`imagegpt.generation.generate`."""
+        return generate(self, inputs, **kwargs)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

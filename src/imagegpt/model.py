@@ -12,7 +12,6 @@ is used when attention weights are requested, when ``model.attn_implementation =
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -20,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from imagegpt.checkpoint import PreTrainedMixin
 from imagegpt.config import ImageGPTConfig
 from imagegpt.kv_cache import KVCache
-from imagegpt.checkpoint import PreTrainedMixin
+from imagegpt.layers import ImageGPTLayerNorm, init_module_weights
 from imagegpt.outputs import BaseModelOutput
 
 __all__ = ["ImageGPTLayerNorm", "ImageGPTModel", "reference_attention", "init_module_weights"]
@@ -50,19 +50,6 @@ _ACT = {
     "swish": F.silu,
     "tanh": torch.tanh,
 }
-
-
-class ImageGPTLayerNorm(nn.Module):
-    """RMS-style norm without centering or bias: ``x / sqrt(mean(x^2) + eps) * weight``."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.rms_norm is the same formula in one fused kernel (torch >= 2.4)
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def reference_attention(
@@ -227,7 +214,7 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
 
     def __init__(self, config: ImageGPTConfig) -> None:
         super().__init__()
-        config.validate()
+        config.validate(for_model=True)
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
@@ -238,13 +225,8 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         # The paper's BERT objective trains with bidirectional attention: config "bidirectional": true
         self.causal = not bool(getattr(config, "bidirectional", False))
         self.gradient_checkpointing = False
+        self.gradient_checkpointing_kwargs: dict = {"use_reentrant": False}
         self.init_weights()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.wte
-
-    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
-        self.wte = embeddings
 
     def forward(
         self,
@@ -293,7 +275,7 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
                 hidden.append(x)
             args = (x, mask, past == 0 and self.causal, cache, eager, enc, enc_mask)
             if self.gradient_checkpointing and self.training:
-                x, w, cw = checkpoint(block, *args, use_reentrant=False)
+                x, w, cw = checkpoint(block, *args, **self.gradient_checkpointing_kwargs)
             else:
                 x, w, cw = block(*args)
             if output_attentions:
@@ -385,18 +367,3 @@ def _check_ids(ids: torch.Tensor, upper: int, name: str) -> torch.Tensor:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
         raise ValueError(f"{name} must lie in [0, {upper}), got values in [{int(ids.min())}, {int(ids.max())}]")
     return ids
-
-
-def init_module_weights(module: nn.Module, config: ImageGPTConfig, name: str = "") -> None:
-    """transformers' scheme: normal(0, initializer_range) for linears and embeddings, zero biases, unit norms;
-    every ``c_proj`` weight is then scaled down to std initializer_range / sqrt(2 * n_layer) (GPT-2)."""
-    std = config.initializer_range
-    for name, m in module.named_modules(prefix=name):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=std)
-            if name.endswith("c_proj"):
-                nn.init.normal_(m.weight, mean=0.0, std=std / math.sqrt(2 * config.n_layer))
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, ImageGPTLayerNorm):
-            nn.init.ones_(m.weight)

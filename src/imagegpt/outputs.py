@@ -1,39 +1,62 @@
-"""Model outputs: dataclasses with attribute access, like transformers' ModelOutput.
+"""Model and generation outputs: dataclasses that are also ordered dicts, like transformers' ModelOutput.
 
-``out.logits``, ``out["logits"]`` and ``out[0]`` all work; integer indexing and :meth:`to_tuple` skip fields that
-are ``None``, as transformers does, so ``loss, logits = model(ids, labels=ids)[:2]`` keeps working.
+``out.logits``, ``out["logits"]`` and ``out[0]`` all work; the keys are the fields that are not ``None`` (so
+``"loss" in out`` is False without labels), iteration yields keys, and integer indexing and :meth:`to_tuple` skip
+``None`` fields, as transformers does, so ``loss, logits = model(ids, labels=ids)[:2]`` keeps working.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
-__all__ = ["ModelOutput", "BaseModelOutput", "CausalLMOutput", "ImageClassifierOutput"]
+__all__ = [
+    "ModelOutput",
+    "BaseModelOutput",
+    "CausalLMOutput",
+    "ImageClassifierOutput",
+    "GenerateDecoderOnlyOutput",
+    "GenerateBeamDecoderOnlyOutput",
+]
 
 
-@dataclass
-class ModelOutput:
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+class ModelOutput(OrderedDict):
+    """Base of the output dataclasses: attribute, key and index access over the non-``None`` fields."""
 
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                super().__setitem__(f.name, value)
 
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
-            if getattr(self, key, None) is None:
-                raise KeyError(key)
-            return getattr(self, key)
+            return super().__getitem__(key)
         return self.to_tuple()[key]
 
-    def __iter__(self):
-        return iter(self.to_tuple())
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        super().__setattr__(key, value)
 
-    def __len__(self) -> int:
-        return len(self.to_tuple())
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.keys() and value is not None:
+            super().__setitem__(name, value)
+        elif value is not None and name in {f.name for f in fields(self)}:
+            super().__setitem__(name, value)  # a field set after construction becomes a key, as transformers
+        super().__setattr__(name, value)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"cannot delete from a {type(self).__name__}; set the field to None instead")
+
+    def __reduce__(self):  # pickling/deepcopy: rebuild from the fields, not as a plain OrderedDict
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The values of the non-``None`` fields, in field order."""
+        return tuple(self[k] for k in self.keys())
 
 
 @dataclass
@@ -68,3 +91,32 @@ class ImageClassifierOutput(ModelOutput):
     past_key_values: Any = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    """``generate(..., return_dict_in_generate=True)`` without beams, shaped as transformers' class of this name.
+
+    ``scores``/``logits``: one (B, vocab_size - 1) tensor per new token (processed / raw); ``hidden_states``: per
+    step, the tuple of (B, T_step, n_embd) hidden states; ``past_key_values``: the cache."""
+
+    sequences: torch.Tensor | None = None
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    hidden_states: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    past_key_values: Any = None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(ModelOutput):
+    """``generate(..., num_beams>1, return_dict_in_generate=True)``, shaped as transformers' class of this name."""
+
+    sequences: torch.Tensor | None = None
+    sequences_scores: torch.Tensor | None = None
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    beam_indices: torch.Tensor | None = None
+    attentions: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    hidden_states: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    past_key_values: Any = None

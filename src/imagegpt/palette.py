@@ -358,4 +358,4 @@ def save_palette(palette: Any, out_dir: str | os.PathLike, *, size: Any = 32, **
     from imagegpt.processor import ImageGPTImageProcessor
 
     clusters = _palette_array(palette).astype(np.float32)
-    return ImageGPTImageProcessor(clusters=clusters, size=size, **processor_kwargs).save_pretrained(out_dir)
+    return Path(ImageGPTImageProcessor(clusters=clusters, size=size, **processor_kwargs).save_pretrained(out_dir)[0])

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imagegpt.checkpoint import atomic_write_text
+from imagegpt.atomic import atomic_write_text
 from imagegpt.hub import resolve_file
 from imagegpt.images import as_image_list, to_uint8_rgb
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageGPTImageProcessor", "BatchFeature", "color_quantize"]
+__all__ = ["ImageGPTImageProcessor", "ImageGPTFeatureExtractor", "BatchFeature", "color_quantize"]
 
 CONFIG_NAME = "preprocessor_config.json"
 _KNOWN = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
@@ -50,9 +50,26 @@ class BatchFeature(dict):
         except KeyError:
             raise AttributeError(name) from None
 
-    def to(self, device: Any) -> "BatchFeature":
-        """Move the torch tensors to ``device`` (as transformers' ``BatchFeature.to``); other values stay."""
-        return BatchFeature({k: v.to(device) if hasattr(v, "to") else v for k, v in self.items()})
+    def to(self, *args: Any, **kwargs: Any) -> "BatchFeature":
+        """As transformers' ``BatchFeature.to``: a device moves every tensor; a dtype (``.to(torch.float16)``,
+        ``dtype=``) casts only the floating-point ones, so ``input_ids`` stay integer ids."""
+        import torch
+
+        device = kwargs.get("device")
+        dtype = kwargs.get("dtype")
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, (str, torch.device, int)):
+                device = arg
+            else:
+                raise ValueError(f"BatchFeature.to() takes a device or a dtype, got {arg!r}")
+        out = {}
+        for k, v in self.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else None)
+            out[k] = v
+        return BatchFeature(out)
 
 
 def color_quantize(pixels: np.ndarray, clusters: np.ndarray, chunk_size: int = 4096) -> np.ndarray:
@@ -147,13 +164,17 @@ class ImageGPTImageProcessor:
         self.clusters = _clusters_array(clusters)
         self.do_resize = bool(do_resize)
         self.size = _size_dict(size if size is not None else {"height": 256, "width": 256})
-        self.resample = _resample(resample)
+        _resample(resample)
+        self.resample = resample  # as given (an int or an Image.Resampling), as transformers
         self.do_normalize = bool(do_normalize)
         self.do_color_quantize = bool(do_color_quantize)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
-        self.image_mean = _per_channel(image_mean, "image_mean")
-        self.image_std = _per_channel(image_std, "image_std")
+        # kept as given (a number, list or tuple), as transformers does; checked here, expanded per call
+        _per_channel(image_mean, "image_mean"), _per_channel(image_std, "image_std")
+        self.image_mean, self.image_std = _as_given(image_mean), _as_given(image_std)
+        # transformers' RGB switch; we always convert to RGB (module docstring), so it is kept only to round-trip
+        self.do_convert_rgb = kwargs.pop("do_convert_rgb", None)
         self.add_start_token = bool(add_start_token)
         self.chunk_size = int(chunk_size)
         if self.chunk_size < 2:
@@ -250,7 +271,9 @@ class ImageGPTImageProcessor:
     def to_dict(self) -> dict[str, Any]:
         """The settings as transformers writes them (clusters as nested lists, resample as int, size dict)."""
         out: dict[str, Any] = {k: getattr(self, k) for k in _KNOWN if k != "add_start_token"}
-        out.update(size=dict(self.size), image_mean=list(self.image_mean), image_std=list(self.image_std))
+        out.update(size=dict(self.size))
+        if self.do_convert_rgb is not None:
+            out["do_convert_rgb"] = self.do_convert_rgb
         out["clusters"] = None if self.clusters is None else self.clusters.tolist()
         out["image_processor_type"] = "ImageGPTImageProcessor"
         if self.add_start_token:
@@ -265,11 +288,12 @@ class ImageGPTImageProcessor:
         """Write :meth:`to_json_string` to ``path`` (atomically)."""
         atomic_write_text(path, self.to_json_string())
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``preprocessor_config.json`` into ``save_directory`` (made if missing); returns its path."""
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
+        """Write ``preprocessor_config.json`` into ``save_directory`` (made if missing); returns the list of files
+        written, as transformers."""
         Path(save_directory).mkdir(parents=True, exist_ok=True)
         self.to_json_file(Path(save_directory) / CONFIG_NAME)
-        return Path(save_directory) / CONFIG_NAME
+        return [str(Path(save_directory) / CONFIG_NAME)]
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], **kwargs: Any) -> "ImageGPTImageProcessor":
@@ -306,8 +330,25 @@ def _resample(value: Any) -> int:
     return int(value)
 
 
+def _as_given(value: Any) -> float | list[float] | tuple[float, ...]:
+    if np.ndim(value) == 0:
+        return float(value)
+    return tuple(float(v) for v in value)  # transformers keeps a sequence as a tuple
+
+
 def _per_channel(value: Any, name: str) -> list[float]:
     values = [float(value)] * 3 if np.ndim(value) == 0 else [float(v) for v in value]
     if len(values) != 3:
         raise ValueError(f"{name} must be one number or 3 (R, G, B), got {value!r}")
     return values
+
+
+class ImageGPTFeatureExtractor(ImageGPTImageProcessor):
+    """Deprecated name of :class:`ImageGPTImageProcessor` (as in transformers); warns, then behaves the same."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import warnings
+
+        warnings.warn("ImageGPTFeatureExtractor is deprecated; use ImageGPTImageProcessor (same arguments)",
+                      FutureWarning, stacklevel=2)  # fmt: skip
+        super().__init__(*args, **kwargs)
