@@ -144,7 +144,7 @@ class PreTrainedMixin(ModelHooksMixin):
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | os.PathLike | None,
+        pretrained_model_name_or_path: str | os.PathLike | None,
         *,
         state_dict: dict[str, torch.Tensor] | None = None,
         output_loading_info: bool = False,
@@ -173,6 +173,10 @@ class PreTrainedMixin(ModelHooksMixin):
         builds the model from those; ``output_loading_info=True`` also returns ``{"missing_keys",
         "unexpected_keys", "mismatched_keys", "error_msgs"}``; ``attn_implementation`` is "sdpa" or "eager".
         """
+        name_or_path = pretrained_model_name_or_path
+        if torch.empty(0).device.type == "meta":
+            raise RuntimeError("You are using `from_pretrained` with a meta device context manager: it loads real "
+                               "weights, so call it outside `with torch.device('meta')`")  # fmt: skip
         hub = {"cache_dir": cache_dir, "revision": revision, "token": token, "local_files_only": local_files_only}
         if name_or_path is None and (config is None or state_dict is None):
             raise ValueError("from_pretrained(None, ...) needs both config= and state_dict=")
@@ -192,6 +196,7 @@ class PreTrainedMixin(ModelHooksMixin):
             model = model.to(device)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
+            model.config._attn_implementation = attn_implementation
         if name_or_path is not None and getattr(model, "generation_config", None) is not None:
             path = resolve_file(name_or_path, GENERATION_CONFIG_NAME, required=False, **hub)
             if path is not None:
@@ -236,8 +241,8 @@ class PreTrainedMixin(ModelHooksMixin):
             logger.warning("newly initialized (train them before use): %s", ", ".join(head_missing + shapes))
         self.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
         self._materialize(fresh)
-        return {"missing_keys": missing + head_missing, "unexpected_keys": unexpected + head_unexpected,
-                "mismatched_keys": [(k, tuple(state_shapes[k]), tuple(expected[k].shape)) for k in mismatched],
+        return {"missing_keys": set(missing + head_missing), "unexpected_keys": set(unexpected + head_unexpected),
+                "mismatched_keys": {(k, tuple(state_shapes[k]), tuple(expected[k].shape)) for k in mismatched},
                 "error_msgs": problems}  # fmt: skip
 
     def _materialize(self, names: list[str]) -> None:

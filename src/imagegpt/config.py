@@ -98,6 +98,8 @@ class ImageGPTConfig:
                 kwargs[name] = kwargs.pop(alias)
         for key in _BOOKKEEPING:
             kwargs.pop(key, None)
+        # transformers' attention switch: "sdpa" (default) or "eager"; a setting of the model, not saved
+        object.__setattr__(self, "_attn_implementation", kwargs.pop("attn_implementation", None))
         if "torch_dtype" in kwargs:  # transformers' older name
             torch_dtype = kwargs.pop("torch_dtype")
             kwargs.setdefault("dtype", torch_dtype)
@@ -245,6 +247,10 @@ class ImageGPTConfig:
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_json_string` to ``path`` (atomically)."""
+        atomic_write_text(path, self.to_json_string())
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Write ``config.json`` (atomically) into ``save_directory``."""

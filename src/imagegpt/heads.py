@@ -53,6 +53,26 @@ class ImageGPTForCausalImageModeling(PreTrainedMixin, nn.Module):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         return result if return_dict else result.to_tuple()
 
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, past_key_values=None, attention_mask=None,
+                                      inputs_embeds=None, **kwargs) -> dict:  # fmt: skip
+        """transformers' hook for custom decoding loops: the forward arguments for the next step. With a cache,
+        only the positions not yet cached are fed (``inputs_embeds`` only before anything is cached); other
+        ``kwargs`` are forwarded as they are."""
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        inputs = {"past_key_values": past_key_values, "attention_mask": attention_mask}
+        if inputs_embeds is not None and past == 0:
+            inputs.update(input_ids=None, inputs_embeds=inputs_embeds)
+            length = inputs_embeds.shape[1]
+        else:
+            inputs["input_ids"] = input_ids[:, past:] if past else input_ids
+            length = inputs["input_ids"].shape[1]
+        for name in ("position_ids", "token_type_ids"):
+            value = kwargs.pop(name, None)
+            if value is not None:
+                inputs[name] = value[:, -length:]
+        inputs.update(kwargs)
+        return inputs
+
     def generate(self, inputs: torch.Tensor | None = None, **kwargs):
         """transformers' ``generate`` on a static KV cache; see :func:`imagegpt.generation.generate`."""
         return generate(self, inputs, **kwargs)

@@ -18,6 +18,19 @@ class ModelHooksMixin:
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ImageGPTBlock"]
+    _can_compile_fullgraph = False  # no claim on transformers' compiled static-cache generation
+    _is_stateful = False  # the cache can be cropped and reordered (transformers checks this before beam search)
+
+    @classmethod
+    def _from_config(cls, config, **kwargs: Any):
+        """A freshly initialized model for ``config`` (transformers' ``_from_config``; ``attn_implementation`` and
+        ``dtype`` are honoured)."""
+        attn = kwargs.pop("attn_implementation", None)
+        dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+        model = cls(config)
+        if attn is not None:
+            model.set_attn_implementation(attn)
+        return model.to(dtype) if dtype is not None else model
 
     def _base(self):
         return getattr(self, self.base_model_prefix, self)
@@ -26,6 +39,10 @@ class ModelHooksMixin:
     def base_model(self) -> nn.Module:
         """The bare :class:`~imagegpt.ImageGPTModel` (the model itself for ImageGPTModel)."""
         return self._base()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.get_input_embeddings().num_embeddings
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding ``wte`` (vocab_size, n_embd)."""
@@ -64,15 +81,17 @@ class ModelHooksMixin:
             handle.remove()
             self._require_grads_hook = None
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                      activation_checkpointing_kwargs: dict[str, Any] | None = None) -> None:  # fmt: skip
         """Recompute each block's activations in the backward pass (less memory, ~30% more compute).
 
         As transformers: ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint`` (default
         ``{"use_reentrant": False}``), and input gradients are enabled (:meth:`enable_input_require_grads`) so
         that frozen embeddings (adapters) do not cut the backward pass."""
+        kwargs = gradient_checkpointing_kwargs or activation_checkpointing_kwargs
         base = self._base()
         base.gradient_checkpointing = True
-        base.gradient_checkpointing_kwargs = dict(gradient_checkpointing_kwargs or {"use_reentrant": False})
+        base.gradient_checkpointing_kwargs = dict(kwargs or {"use_reentrant": False})
         if getattr(self, "_require_grads_hook", None) is None:
             self.enable_input_require_grads()
 
@@ -88,6 +107,8 @@ class ModelHooksMixin:
     def is_gradient_checkpointing(self) -> bool:
         return bool(getattr(self._base(), "gradient_checkpointing", False))
 
+    is_activation_checkpointing = is_gradient_checkpointing
+
     # --- sizes and settings ---------------------------------------------------------------------------
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Number of parameters, optionally only trainable ones and/or without the embedding tables."""
@@ -96,15 +117,20 @@ class ModelHooksMixin:
             p.numel() for p in self.parameters() if id(p) not in skip and (p.requires_grad or not only_trainable)
         )
 
-    def resize_token_embeddings(self, new_num_tokens: int) -> nn.Embedding:
-        """Change ``vocab_size`` (e.g. for a palette of another size): keeps the rows that remain, initializes
-        new ones, and resizes the untied LM head to ``new_num_tokens - 1`` outputs."""
+    def resize_token_embeddings(self, new_num_tokens: int, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:  # fmt: skip
+        """Change ``vocab_size`` (e.g. for a palette of another size): keeps the rows that remain; new rows start
+        near the mean of the old ones (``mean_resizing``, as transformers) or random (normal, initializer_range).
+        The untied LM head gets ``new_num_tokens - 1`` outputs: the start token stays unpredicted (transformers
+        gives it ``new_num_tokens``; README, "Where we differ")."""
+        if pad_to_multiple_of:
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         if not isinstance(new_num_tokens, int) or new_num_tokens < 2:
             raise ValueError(f"new_num_tokens must be an integer >= 2, got {new_num_tokens!r}")
         base, std = self._base(), self.config.initializer_range
-        base.wte = _resized(base.wte, new_num_tokens, std)
+        base.wte = _resized(base.wte, new_num_tokens, std, mean_resizing)
         if hasattr(self, "lm_head"):
-            self.lm_head = _resized(self.lm_head, new_num_tokens - 1, std)
+            self.lm_head = _resized(self.lm_head, new_num_tokens - 1, std, mean_resizing)
         self.config.vocab_size = new_num_tokens
         return base.wte
 
@@ -121,7 +147,7 @@ class ModelHooksMixin:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
-def _resized(layer: nn.Module, rows: int, std: float) -> nn.Module:
+def _resized(layer: nn.Module, rows: int, std: float, mean_resizing: bool = True) -> nn.Module:
     """A copy of an embedding (or bias-free linear) with ``rows`` output rows, old rows kept, new ones random."""
     old = layer.weight
     new = type(layer)(rows, old.shape[1]) if isinstance(layer, nn.Embedding) else nn.Linear(
@@ -129,10 +155,27 @@ def _resized(layer: nn.Module, rows: int, std: float) -> nn.Module:
     )  # fmt: skip
     new = new.to(device=old.device, dtype=old.dtype)
     with torch.no_grad():
-        nn.init.normal_(new.weight, std=std)
         n = min(rows, old.shape[0])
         new.weight[:n] = old[:n]
+        if rows > n and mean_resizing:  # transformers' mean resizing: new rows near the mean of the old ones
+            new.weight[n:] = _around_mean(old.detach().float(), rows - n).to(old.dtype)
+        elif rows > n:
+            nn.init.normal_(new.weight[n:], std=std)
     return new
+
+
+def _around_mean(old: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` rows drawn from N(mean, 1e-9 * covariance) of the rows of ``old`` (their mean when the
+    covariance is not positive definite), as transformers' ``mean_resizing``: new tokens start where the average
+    token is, so the first logits barely move."""
+    mean = old.mean(dim=0)
+    centered = old - mean
+    covariance = centered.T @ centered / old.shape[0]
+    try:
+        dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=1e-9 * covariance)
+        return dist.sample((count,))
+    except ValueError:  # not positive definite
+        return mean.expand(count, -1).clone()
 
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -123,6 +123,24 @@ def _clusters_array(clusters: Any) -> np.ndarray | None:
     return array
 
 
+class ImageGPTImageProcessorKwargs(TypedDict, total=False):
+    """The per-call settings ``preprocess`` accepts (transformers' ``valid_kwargs``)."""
+
+    clusters: Any
+    do_resize: bool
+    size: Any
+    resample: int
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: Any
+    image_std: Any
+    do_color_quantize: bool
+    add_start_token: bool
+    input_data_format: str
+    do_convert_rgb: bool
+
+
 class ImageGPTImageProcessor:
     """Turns images into ImageGPT ``input_ids`` (B, H*W), a drop-in for transformers' ``ImageGPTImageProcessor``.
 
@@ -146,6 +164,7 @@ class ImageGPTImageProcessor:
     """
 
     model_input_names = ["input_ids"]
+    valid_kwargs = ImageGPTImageProcessorKwargs
 
     def __init__(
         self,
