@@ -109,6 +109,22 @@ class ModelHooksMixin:
 
     is_activation_checkpointing = is_gradient_checkpointing
 
+    # --- transformers' weight layout -------------------------------------------------------------------------
+    def state_dict_hf(self) -> dict[str, torch.Tensor]:
+        """The state dict in transformers' layout (Conv1D weights (in, out)): ``hf_model.load_state_dict(ours
+        .state_dict_hf())`` works. Ours keeps ``nn.Linear`` (out, in) in memory (README, "Where we differ")."""
+        from imagegpt.checkpoint import to_hf_state_dict
+
+        return to_hf_state_dict(self.state_dict())
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False, hf_layout: bool = False):
+        """``nn.Module.load_state_dict``; ``hf_layout=True`` takes a transformers state dict (``hf.state_dict()``)."""
+        if hf_layout:
+            from imagegpt.checkpoint import from_hf_state_dict
+
+            state_dict = from_hf_state_dict(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # --- sizes and settings ---------------------------------------------------------------------------
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Number of parameters, optionally only trainable ones and/or without the embedding tables."""
@@ -123,7 +139,10 @@ class ModelHooksMixin:
         near the mean of the old ones (``mean_resizing``, as transformers) or random (normal, initializer_range).
         The untied LM head gets ``new_num_tokens - 1`` outputs: the start token stays unpredicted (transformers
         gives it ``new_num_tokens``; README, "Where we differ")."""
-        if pad_to_multiple_of:
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int):
+                raise ValueError(f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is "
+                                 "not and integer. Please make sure to pass an integer")  # transformers' words
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         if not isinstance(new_num_tokens, int) or new_num_tokens < 2:
             raise ValueError(f"new_num_tokens must be an integer >= 2, got {new_num_tokens!r}")
