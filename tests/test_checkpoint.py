@@ -175,7 +175,8 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(saved, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(path)
     assert (path / "model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]  # no temp files left
+    # no temp files left
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
     ImageGPTForCausalImageModeling.from_pretrained(path)
 
 

@@ -161,7 +161,7 @@ def hub(transformers, tmp_path_factory):
 def run(example, library, hub, monkeypatch) -> dict:
     hub_dir, image = hub
     try:
-        import matplotlib.pyplot  # noqa: F401
+        import matplotlib.pyplot  # noqa: F401  (the real one, when installed)
     except ImportError:
         monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
         monkeypatch.setitem(sys.modules, "matplotlib.pyplot", _Recorder())

@@ -94,7 +94,8 @@ def test_hf_weight_layout_one_argument_away(transformers, tmp_path):
 
 
 def test_config_details_as_transformers(transformers):
-    theirs, ours = transformers.ImageGPTConfig(n_embd=48, dtype="float16"), imagegpt.ImageGPTConfig(n_embd=48, dtype="float16")
+    theirs = transformers.ImageGPTConfig(n_embd=48, dtype="float16")
+    ours = imagegpt.ImageGPTConfig(n_embd=48, dtype="float16")
     assert ours.is_encoder_decoder is theirs.is_encoder_decoder is False
     assert ours.dtype == theirs.dtype == torch.float16
     diff = {k: v for k, v in theirs.to_diff_dict().items() if k != "transformers_version"}
@@ -103,12 +104,14 @@ def test_config_details_as_transformers(transformers):
     transformers.ImageGPTConfig(n_embd=37, n_head=8)  # both accept it until a model is built
     with pytest.raises(ValueError, match="divisible"):
         imagegpt.ImageGPTModel(imagegpt.ImageGPTConfig(n_embd=37, n_head=8))
-    assert imagegpt.ImageGPTModel(imagegpt.ImageGPTConfig(**TINY, attn_implementation="eager")).attn_implementation == "eager"
+    eager = imagegpt.ImageGPTModel(imagegpt.ImageGPTConfig(**TINY, attn_implementation="eager"))
+    assert eager.attn_implementation == "eager"
 
 
 def test_processor_files_kwargs_and_names(transformers, tmp_path):
     clusters = np.random.default_rng(0).uniform(-1, 1, (4, 3))
-    theirs, ours = (cls(clusters=clusters) for cls in (transformers.ImageGPTImageProcessorPil, imagegpt.ImageGPTImageProcessor))
+    theirs = transformers.ImageGPTImageProcessorPil(clusters=clusters)
+    ours = imagegpt.ImageGPTImageProcessor(clusters=clusters)
     assert ours.save_pretrained(tmp_path / "o") == [str(tmp_path / "o" / "preprocessor_config.json")]
     assert len(theirs.save_pretrained(tmp_path / "t")) == 1
     kept = imagegpt.ImageGPTImageProcessor.from_dict(ours.to_dict(), do_convert_rgb=False, size=42)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from imagegpt.generation import Inputs, forward_step, new_cache, stop_flags
+from imagegpt.decoding import Inputs, forward_step, new_cache, stop_flags
 from imagegpt.logits_process import apply_processors
 from imagegpt.outputs import GenerateBeamDecoderOnlyOutput
 

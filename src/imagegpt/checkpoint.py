@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from imagegpt.config import ImageGPTConfig
 from imagegpt.generation_config import GENERATION_CONFIG_NAME, GenerationConfig
 from imagegpt.hub import resolve_file
 from imagegpt.hooks import ModelHooksMixin
+from imagegpt.layout import CONV1D_WEIGHT, from_hf_state_dict, to_hf_state_dict
 from imagegpt.layers import init_module_weights
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ __all__ = [
     "atomic_write_text",
 ]
 
-# transformers' Conv1D layers (weight (in, out)); ours are nn.Linear (out, in).
-CONV1D_WEIGHT = re.compile(r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$")
-# Causal-mask buffers that old GPT-2-style checkpoints carry; not weights.
-IGNORED = re.compile(r"(^|\.)(attn|crossattention)\.(bias|masked_bias)$")
 PREFIX = "transformer."
 HEAD_KEYS = ("lm_head.", "score.")  # task heads: may be absent (freshly initialized) or left unused
 
@@ -55,21 +51,6 @@ WEIGHT_FILES = (
 class CheckpointError(ValueError, RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the model. A ValueError, and a RuntimeError as the size
     mismatches transformers (and torch's ``load_state_dict``) raise."""
-
-
-def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict -> transformers' (Conv1D weights transposed), contiguous, ready for safetensors."""
-    return {k: (v.t() if CONV1D_WEIGHT.search(k) else v).contiguous() for k, v in state_dict.items()}
-
-
-def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' state dict -> ours. Drops mask buffers; transposes Conv1D weights."""
-    out = {}
-    for k, v in state_dict.items():
-        if IGNORED.search(k):
-            continue
-        out[k] = v.t().contiguous() if CONV1D_WEIGHT.search(k) and v.dim() == 2 else v
-    return out
 
 
 def _hf_layout(state: dict[str, torch.Tensor]) -> bool:

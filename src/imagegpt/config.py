@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imagegpt.atomic import atomic_write_text
+from imagegpt.hub import resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +219,6 @@ class ImageGPTConfig:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "ImageGPTConfig":
         """Read ``config.json`` from a directory or Hub id; other ``kwargs`` override fields."""
-        from imagegpt.hub import resolve_file
-
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
         subfolder = kwargs.pop("subfolder", None) or ""
         if subfolder:

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from imagegpt.layout import from_hf_state_dict, to_hf_state_dict
+
 __all__ = ["ModelHooksMixin"]
 
 
@@ -82,7 +84,7 @@ class ModelHooksMixin:
             self._require_grads_hook = None
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
-                                      activation_checkpointing_kwargs: dict[str, Any] | None = None) -> None:  # fmt: skip
+                                      activation_checkpointing_kwargs: dict | None = None) -> None:  # fmt: skip
         """Recompute each block's activations in the backward pass (less memory, ~30% more compute).
 
         As transformers: ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint`` (default
@@ -113,15 +115,11 @@ class ModelHooksMixin:
     def state_dict_hf(self) -> dict[str, torch.Tensor]:
         """The state dict in transformers' layout (Conv1D weights (in, out)): ``hf_model.load_state_dict(ours
         .state_dict_hf())`` works. Ours keeps ``nn.Linear`` (out, in) in memory (README, "Where we differ")."""
-        from imagegpt.checkpoint import to_hf_state_dict
-
         return to_hf_state_dict(self.state_dict())
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False, hf_layout: bool = False):
         """``nn.Module.load_state_dict``; ``hf_layout=True`` takes a transformers state dict (``hf.state_dict()``)."""
         if hf_layout:
-            from imagegpt.checkpoint import from_hf_state_dict
-
             state_dict = from_hf_state_dict(state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -141,8 +139,8 @@ class ModelHooksMixin:
         gives it ``new_num_tokens``; README, "Where we differ")."""
         if pad_to_multiple_of is not None:
             if not isinstance(pad_to_multiple_of, int):
-                raise ValueError(f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is "
-                                 "not and integer. Please make sure to pass an integer")  # transformers' words
+                raise ValueError(f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, "
+                                 "which is not and integer. Please make sure to pass an integer")  # transformers' words
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         if not isinstance(new_num_tokens, int) or new_num_tokens < 2:
             raise ValueError(f"new_num_tokens must be an integer >= 2, got {new_num_tokens!r}")

@@ -132,7 +132,7 @@ def log_softmax(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 def build_processors(s: dict[str, Any], prompt_length: int, attention_mask: torch.Tensor | None,
-                     eos: list[int] | None, custom: Sequence[LogitsProcessor] = ()) -> list[LogitsProcessor]:  # fmt: skip
+                     eos: list[int] | None, custom: Sequence[LogitsProcessor] = ()) -> list:  # fmt: skip
     """transformers' default list for the resolved settings ``s``, in its order, then the ``custom`` callables."""
     out: list[LogitsProcessor] = []
     if s["repetition_penalty"] is not None and s["repetition_penalty"] != 1.0:
