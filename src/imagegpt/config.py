@@ -92,6 +92,7 @@ class ImageGPTConfig:
 
     model_type = "imagegpt"
     sub_configs: dict[str, type] = {}  # none: ImageGPT is not a composite model
+    base_model_tp_plan = None  # no tensor-parallel plan (a transformers field)
 
     def __init__(self, **kwargs: Any) -> None:
         for alias, name in _ALIASES.items():

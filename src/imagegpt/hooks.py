@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from imagegpt.config import ImageGPTConfig
 from imagegpt.layout import from_hf_state_dict, to_hf_state_dict
 
 __all__ = ["ModelHooksMixin"]
@@ -16,11 +17,16 @@ __all__ = ["ModelHooksMixin"]
 class ModelHooksMixin:
     """Mixed into the three model classes (which set ``config``; task models hold the decoder as ``transformer``)."""
 
+    config_class = ImageGPTConfig
     base_model_prefix = "transformer"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ImageGPTBlock"]
-    _can_compile_fullgraph = False  # no claim on transformers' compiled static-cache generation
+    # Flags transformers' tooling reads, with their meaning here: no module kept in float32, no checkpoint key to
+    # ignore quietly, no claim on transformers' compiled static-cache generation.
+    _keep_in_fp32_modules: frozenset[str] = frozenset()
+    _keys_to_ignore_on_load_unexpected = None
+    _can_compile_fullgraph = False
     _is_stateful = False  # the cache can be cropped and reordered (transformers checks this before beam search)
 
     @classmethod
