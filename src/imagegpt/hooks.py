@@ -25,6 +25,7 @@ class ModelHooksMixin:
     # Flags transformers' tooling reads, with their meaning here: no module kept in float32, no checkpoint key to
     # ignore quietly, no claim on transformers' compiled static-cache generation.
     _keep_in_fp32_modules: frozenset[str] = frozenset()
+    _keep_in_fp32_modules_strict: frozenset[str] = frozenset()
     _keys_to_ignore_on_load_unexpected = None
     _can_compile_fullgraph = False
     _is_stateful = False  # the cache can be cropped and reordered (transformers checks this before beam search)
