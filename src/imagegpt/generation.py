@@ -13,6 +13,7 @@ user ``logits_processor`` / ``stopping_criteria`` callables, a ``streamer`` (``p
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from imagegpt.decoding import Inputs, forward_step, new_cache, stop_flags
 from imagegpt.generation_config import GenerationConfig
 from imagegpt.logits_process import apply_processors, build_processors
 from imagegpt.outputs import GenerateDecoderOnlyOutput
-from imagegpt.sampling import iter_tokens, make_generator
+from imagegpt.sampling import PACKED_MIN_BYTES, _step_fn, iter_tokens, make_generator, onednn_available, packed_linears
 
 __all__ = ["generate", "GenerationConfig"]
 
@@ -109,12 +110,21 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
         if streamer is not None:
             raise ValueError("streamer cannot be used with beam search (as in transformers)")
         return beam_search(model, run.expand(s["num_beams"]), new, s, processors, criteria, eos, pad, generator)
-    return _sample(model, run.expand(s["num_return_sequences"]), new, s, processors, criteria, eos, pad, streamer,
-                   generator)  # fmt: skip
+    run = run.expand(s["num_return_sequences"])
+    # unpadded prompts of ids, nothing but scores recorded: the sampler's decode steps (and packed CPU weights)
+    quick = (s["use_cache"] and run.embeds is None and run.token_types is None and model_kwargs.get("position_ids") is
+             None and (run.mask is None or bool((run.mask == 1).all())) and not s["output_hidden_states"]
+             and not s["output_attentions"])  # fmt: skip
+    packed = quick and _use_packed(model, cpu_packed)
+    with packed_linears(model, run.ids.shape[0]) if packed else contextlib.nullcontext():
+        return _sample(model, run, new, s, processors, criteria, eos, pad, streamer, generator, quick)
 
 
-def _sample(model, run: Inputs, new: int, s: dict, processors, criteria, eos, pad, streamer, generator):
-    """transformers' ``_sample`` loop (greedy when ``do_sample`` is False)."""
+def _sample(model, run: Inputs, new: int, s: dict, processors, criteria, eos, pad, streamer, generator,
+            quick: bool = False):  # fmt: skip
+    """transformers' ``_sample`` loop (greedy when ``do_sample`` is False). ``quick``: run each step through the
+    sampler's decode path (:func:`imagegpt.sampling._step_fn`: no per-step checks, LM head on the last position)."""
+    decode = _step_fn(model) if quick else None
     batch = run.ids.shape[0]
     cache = new_cache(model, batch, run.positions.shape[1] + new - 1) if s["use_cache"] else None
     record = s["return_dict_in_generate"]
@@ -123,14 +133,18 @@ def _sample(model, run: Inputs, new: int, s: dict, processors, criteria, eos, pa
     if streamer is not None:
         streamer.put(run.ids.cpu())
     for step in range(new):
-        out = forward_step(model, run, cache, step == 0, s)
-        logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)  # (B, V)
+        if decode is not None:
+            logits = decode(run.ids if step == 0 else run.ids[:, -1:], cache).to(copy=True, dtype=torch.float32)
+        else:
+            out = forward_step(model, run, cache, step == 0, s)
+            logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)  # (B, V)
         next_scores = apply_processors(processors, run.ids, logits)
         if record:
             scores.append(next_scores)
             logits_seen.append(logits)
-            attentions.append(out.attentions)
-            hidden.append(out.hidden_states)
+            if decode is None:
+                attentions.append(out.attentions)
+                hidden.append(out.hidden_states)
         if s["do_sample"]:
             tokens = torch.multinomial(next_scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
         else:
@@ -177,6 +191,17 @@ def _fast(model, ids, new, s, streamer, generator, cuda_graph, cpu_packed) -> to
     if streamer is not None:
         streamer.end()
     return torch.cat([ids, torch.stack(tokens, dim=1)], dim=1)
+
+
+def _use_packed(model, cpu_packed: bool | None) -> bool:
+    """As :func:`imagegpt.sampling.iter_tokens`: packed oneDNN weights for float32 CPU models whose linear weights
+    stream from memory (over 64 MiB), unless ``cpu_packed`` says otherwise."""
+    weight = model.get_input_embeddings().weight
+    if cpu_packed is not None:
+        return bool(cpu_packed)
+    weight_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and onednn_available() and (
+        weight_bytes > PACKED_MIN_BYTES)  # fmt: skip
 
 
 def _opt(t: torch.Tensor | None, device) -> torch.Tensor | None:
