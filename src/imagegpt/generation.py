@@ -2,7 +2,8 @@
 our static KV cache.
 
 Plain greedy decoding (and sampling with our own ``seed``/``generator``) runs on the fast sampler of
-:mod:`imagegpt.sampling` (packed CPU weights, CUDA graphs). Everything else runs the loop below, which follows
+:mod:`imagegpt.sampling` (packed CPU weights, CUDA graphs). Everything else runs the loop below (on the sampler's
+decode steps and packed weights too when the prompt is unpadded ids and no hidden states are asked for), which follows
 transformers step by step: left-padded prompts with ``attention_mask`` (positions from its cumulative sum),
 ``token_type_ids``, ``inputs_embeds``, repetition penalty, bad words, minimum lengths, end-of-sequence and padding,
 user ``logits_processor`` / ``stopping_criteria`` callables, a ``streamer`` (``put``/``end``), sampling with
