@@ -25,6 +25,9 @@ __all__ = ["build_app", "launch", "DEFAULT_CONCURRENCY"]
 DEFAULT_CONCURRENCY = 2  # model jobs at once (complete, sample, look inside), all users together; the rest queue
 LIMITS = (f"Uploads: at most {MAX_UPLOAD_BYTES / 2**20:.0f} MiB and {MAX_PIXELS / 1e6:.1f} megapixels; any format "
           "Pillow reads (PNG, JPEG, GIF, BMP, TIFF, WebP), any mode (RGBA, 16-bit, palette, CMYK, ...).")  # fmt: skip
+# model pixels stay crisp squares when the browser scales a picture
+CSS = "#completions img, #samples img, #surprise img, #cut-preview img, #input-image img, #inside-image img " \
+      "{image-rendering: pixelated;} #input-image img, #inside-image img {width: 100%; height: 100%; object-fit: contain;}"
 INTRO = """# ImageGPT, row by row
 An autoregressive transformer paints an image one pixel at a time, top to bottom, each pixel one of a small palette
 of colors. **Complete**: keep the top rows of an image and watch it paint the rest. **Sample**: images from nothing.
@@ -79,7 +82,7 @@ def _app_functions(choices: ModelChoices) -> dict[str, Any]:
                 prompt = frame.images[0].copy()
                 prompt[int(rows) :] = 128
                 picture = strip([prompt, *frame.images, original], scale, cut=int(rows))
-                yield picture, _status(frame, int(rows), "· [kept rows | completions | the input as the model sees it]")
+                yield picture, _status(frame, int(rows), "· [kept | completions | input as the model sees it]")
         except DemoInputError as e:
             yield None, _warn(str(e))
         except Exception as e:  # never a dead page: say what happened, keep the server up
@@ -119,6 +122,19 @@ def _app_functions(choices: ModelChoices) -> dict[str, Any]:
         return picture, "\n\n".join(lines)
 
     return dict(model_info=model_info, preview=preview, complete=complete, sample=sample, look_inside=look_inside)
+
+
+def drawing(value: dict | None) -> np.ndarray | None:
+    """The Sketchpad's composite as (H, W, 3) uint8 on white paper (its canvas is transparent), or None if empty."""
+    if not value or value.get("composite") is None:
+        return None
+    rgba = np.asarray(value["composite"], dtype=np.uint8)
+    if rgba.ndim == 2:
+        return np.repeat(rgba[..., None], 3, axis=2)
+    if rgba.shape[-1] == 4:
+        alpha = rgba[..., 3:4].astype(np.float64) / 255
+        return np.rint(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    return rgba[..., :3]
 
 
 def _raw_image_class():
@@ -163,7 +179,7 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
     heavy = dict(concurrency_limit=concurrency, concurrency_id="model")  # one budget for all model jobs
     light = dict(concurrency_limit=None, show_progress="hidden", api_name=False)
 
-    with gr.Blocks(title="ImageGPT demo", delete_cache=(3600, 3600)) as app:
+    with gr.Blocks(title="ImageGPT demo", delete_cache=(3600, 3600), analytics_enabled=False) as app:
         gr.Markdown(INTRO)
         with gr.Row():
             model = gr.Dropdown(choices.names, value=choices.names[0], label="model", scale=1)
@@ -172,9 +188,9 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
             with gr.Tab("Complete", id="complete"):
                 with gr.Row():
                     with gr.Column(scale=3):
-                        gallery = gr.Gallery([(str(p), caption) for p, _, caption in examples], label="examples: "
-                                             "click one", columns=6, height=230, allow_preview=False,
-                                             elem_id="examples")  # fmt: skip
+                        gallery = gr.Gallery([(str(p), label) for p, _, label in examples], label=f"examples of "
+                                             f"{', '.join(dict.fromkeys(m for _, m, _ in examples))}: click one",
+                                             columns=6, height=230, allow_preview=False, elem_id="examples")
                         with gr.Tabs():
                             with gr.Tab("Upload or paste"):
                                 image = RawImage(type="filepath", image_mode=None, label="image", height=240,
@@ -186,8 +202,9 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
                     with gr.Column(scale=2):
                         cut = gr.Image(label="what the model keeps", format="png", interactive=False, height=240,
                                        elem_id="cut-preview")  # fmt: skip
-                        rows = gr.Slider(0, 27, value=14, step=1, label="rows to keep (from the top)")
-                        samples = gr.Slider(1, 8, value=4, step=1, label="samples")
+                        rows = gr.Slider(0, 27, value=14, step=1, label="rows to keep (from the top)",
+                                         elem_id="rows-slider")
+                        samples = gr.Slider(1, 8, value=4, step=1, label="samples", elem_id="samples-slider")
                         cut_note = gr.Markdown()
                 controls = _sampling_controls(gr)
                 with gr.Row():
@@ -206,7 +223,7 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
             with gr.Tab("Look inside", id="inside"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        inside_gallery = gr.Gallery([(str(p), c) for p, _, c in examples], label="examples",
+                        inside_gallery = gr.Gallery([(str(p), label) for p, _, label in examples], label="examples",
                                                     columns=5, height=200, allow_preview=False)  # fmt: skip
                         inside_image = RawImage(type="filepath", image_mode=None, label="image", height=200,
                                                 sources=["upload", "clipboard"], elem_id="inside-image")
@@ -222,18 +239,15 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
                 return text, gr.update()
             return text, gr.update(maximum=height - 1, value=min(int(kept), height - 1))
 
-        def pick(evt: gr.SelectData):
+        def pick(evt):
             path, name, _ = examples[evt.index]
             return str(path), (name if name in choices.names else gr.update())
 
+        pick.__annotations__["evt"] = gr.SelectData  # gradio passes the event by this type (not a string)
+
         def drawn(value):
-            if not value or value.get("composite") is None:
-                return gr.update()
-            rgba = np.asarray(value["composite"], dtype=np.uint8)
-            if rgba.ndim == 3 and rgba.shape[-1] == 4:  # transparent canvas: white paper
-                alpha = rgba[..., 3:4].astype(np.float64) / 255
-                rgba = np.rint(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
-            return rgba
+            rgb = drawing(value)
+            return gr.update() if rgb is None else rgb
 
         app.load(on_model, [model, rows], [info, rows], **light)
         model.change(on_model, [model, rows], [info, rows], **light)
@@ -254,6 +268,11 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
     return app
 
 
+def _theme(gr):
+    """Gradio's Soft theme on the system's fonts: a local demo fetches nothing from the internet."""
+    return gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
 def launch(models: Sequence[str] = (), host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            concurrency: int = DEFAULT_CONCURRENCY, device: str = "cpu", block: bool = True):  # fmt: skip
     """Build the app and serve it on ``host``:``port`` (127.0.0.1: this machine only). Returns the app; with
@@ -262,5 +281,5 @@ def launch(models: Sequence[str] = (), host: str = "127.0.0.1", port: int = 7860
 
     app = build_app(models, concurrency=concurrency, device=device)
     app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES, quiet=True,
-               prevent_thread_lock=not block, footer_links=["api"], theme=gr.themes.Soft(), ssr_mode=False)
+               prevent_thread_lock=not block, footer_links=["api"], theme=_theme(gr), css=CSS, ssr_mode=False)
     return app

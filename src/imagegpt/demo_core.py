@@ -115,12 +115,12 @@ class ModelChoices:
 
 
 def example_images() -> list[tuple[Path, str, str]]:
-    """(path, model name, caption) of every example image shipped with every packaged model."""
+    """(path, model name, short label) of every example image shipped with every packaged model."""
     out = []
     for name in packaged_models():
         for path in packaged_examples(name):
             label = path.stem.split("-", 2)[-1] if path.stem.startswith("test-") else path.stem
-            out.append((path, name, f"{name}: {label}"))
+            out.append((path, name, label))
     return out
 
 
