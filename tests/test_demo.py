@@ -149,8 +149,9 @@ def test_api_bad_uploads_give_a_message_and_the_server_lives(client, tmp_path):
     assert "bits/dim" in status and _read(picture).std() > 10
 
 
-def test_api_stop_frees_the_server(client):
-    """With one job at a time, a cancelled long job must not hold up the next one."""
+def test_api_stop_frees_the_server_and_light_events_do_not_queue(client):
+    """With one model job at a time: the preview answers while a long job runs, and a cancelled long job does not
+    hold up the next one."""
     from gradio_client import handle_file
 
     long_job = client.submit(DEFAULT_MODEL, 16, 1.0, 0, 1.0, 0, api_name="/sample")  # 16 images x 28 rows
@@ -158,6 +159,8 @@ def test_api_stop_frees_the_server(client):
     while not long_job.outputs() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert long_job.outputs(), "the long job never streamed a row"
+    picture, text = client.predict(handle_file(str(EXAMPLE)), DEFAULT_MODEL, 10, api_name="/preview")
+    assert "top **10** of 28" in text and not long_job.done(), "the preview waited for the running job"
     long_job.cancel()
     short = client.submit(handle_file(str(EXAMPLE)), DEFAULT_MODEL, 27, 1, 1.0, 0, 1.0, 0, api_name="/complete")
     _, status = short.result(timeout=120)

@@ -26,8 +26,9 @@ DEFAULT_CONCURRENCY = 2  # model jobs at once (complete, sample, look inside), a
 LIMITS = (f"Uploads: at most {MAX_UPLOAD_BYTES / 2**20:.0f} MiB and {MAX_PIXELS / 1e6:.1f} megapixels; any format "
           "Pillow reads (PNG, JPEG, GIF, BMP, TIFF, WebP), any mode (RGBA, 16-bit, palette, CMYK, ...).")  # fmt: skip
 # model pixels stay crisp squares when the browser scales a picture
-CSS = "#completions img, #samples img, #surprise img, #cut-preview img, #input-image img, #inside-image img " \
-      "{image-rendering: pixelated;} #input-image img, #inside-image img {width: 100%; height: 100%; object-fit: contain;}"
+CSS = ("#completions img, #samples img, #surprise img, #cut-preview img, #input-image img, #inside-image img "
+       "{image-rendering: pixelated;} "
+       "#input-image img, #inside-image img {width: 100%; height: 100%; object-fit: contain;}")
 INTRO = """# ImageGPT, row by row
 An autoregressive transformer paints an image one pixel at a time, top to bottom, each pixel one of a small palette
 of colors. **Complete**: keep the top rows of an image and watch it paint the rest. **Sample**: images from nothing.
@@ -254,8 +255,8 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
         gallery.select(pick, None, [image, model], **light)
         inside_gallery.select(pick, None, [inside_image, model], **light)
         sketch.change(drawn, sketch, image, trigger_mode="always_last", **light)
-        for trigger in (image.change, rows.release, model.change):
-            trigger(fn["preview"], [image, model, rows], [cut, cut_note], **light)
+        for i, trigger in enumerate((image.change, rows.release, model.change)):  # light: never queued behind jobs
+            trigger(fn["preview"], [image, model, rows], [cut, cut_note], **{**light, "api_name": i == 0 and "preview"})
         job = go.click(fn["complete"], [image, model, rows, samples, *controls], [result, status],
                        api_name="complete", **heavy)  # fmt: skip
         stop.click(None, None, None, cancels=[job], api_name=False)
