@@ -186,3 +186,19 @@ def test_pictures():
     assert vmax == 5 and picture.shape[0] == 4 * scale + 2 * PAD
     heat = picture[PAD : PAD + 4 * scale, PAD + 5 * scale + PAD :][:, : 5 * scale].astype(int).sum(-1)
     assert heat[0, 0] < heat[-1, -1]  # more surprise, brighter
+
+
+def test_a_colour_model_streams_colour(tmp_path):
+    from imagegpt.palette import uniform_palette
+
+    ImageGPTForCausalImageModeling(tiny_config(vocab_size=9)).save_pretrained(tmp_path)
+    ImageGPTImageProcessor(clusters=uniform_palette(2), size=8).save_pretrained(tmp_path)  # 8 corners of the cube
+    entry = ModelChoices([str(tmp_path)]).get(str(tmp_path))
+    assert "8 colour palette colors" in entry.describe()
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    rgb[..., 0] = 255  # red, which this palette holds exactly
+    assert quantize(entry, rgb)[3] == 0 and fit_note(entry, 0.0) is None
+    final = list(stream_complete(entry, rgb, rows=4, samples=3, seed=0))[-1].images
+    assert (final[:, :4] == (255, 0, 0)).all()
+    corners = {tuple(c) for c in final.reshape(-1, 3)}
+    assert corners <= {(r, g, b) for r in (0, 255) for g in (0, 255) for b in (0, 255)}
