@@ -3,6 +3,7 @@ and the page itself in a real headless Chromium (Debian's, driven by Playwright)
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -72,7 +73,7 @@ def test_app_functions_without_a_server(tmp_path):
     frames = list(fn["complete"](str(bad), DEFAULT_MODEL, 20, 1, 1.0, 0, 1.0, 0))
     assert frames == [(None, frames[0][1])] and "⚠️" in frames[0][1]
     text, height = fn["model_info"](DEFAULT_MODEL)
-    assert height == 28 and "16 gray palette colors" in text
+    assert height == 28 and "a 16-color gray palette" in text
     picture, text = fn["look_inside"](str(EXAMPLE), DEFAULT_MODEL)
     assert "bits/dim" in text and picture.shape[0] == 28 * 8 + 2 * PAD
 
@@ -182,12 +183,16 @@ def _browser_or_skip():
     return sync_playwright
 
 
+def _launch(p):
+    path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    return p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-dev-shm-usage"])
+
+
 def test_browser_completes_an_example(server, tmp_path):
     sync_playwright = _browser_or_skip()
     screenshot = Path(os.environ.get("IMAGEGPT_DEMO_SCREENSHOT", tmp_path / "demo.png"))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                                    args=["--no-sandbox", "--disable-dev-shm-usage"])  # fmt: skip
+        browser = _launch(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1250})
             page.goto(server, wait_until="domcontentloaded", timeout=60_000)
@@ -207,7 +212,7 @@ def test_browser_completes_an_example(server, tmp_path):
             frames = page.evaluate("() => window.__srcs.size")
             status = page.locator("#complete-status").inner_text()
             result = page.locator("#completions img").first
-            shot = Image.open(__import__("io").BytesIO(result.screenshot())).convert("RGB")
+            shot = Image.open(io.BytesIO(result.screenshot())).convert("RGB")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
@@ -228,3 +233,27 @@ def test_drawing_lands_on_white_paper():
     rgb = drawing({"background": None, "layers": [], "composite": canvas})
     assert rgb.shape == (10, 10, 3) and (rgb[2:4] == 0).all() and (rgb[5:] == 255).all()
     assert drawing(None) is None and drawing({"composite": None}) is None
+
+
+def test_browser_drawing_becomes_the_input(server):
+    sync_playwright = _browser_or_skip()
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1250})
+            page.goto(server, wait_until="domcontentloaded", timeout=60_000)
+            page.get_by_role("tab", name="Draw").click()
+            page.locator("#sketch button[aria-label=Brush]").click()
+            box = page.locator("#sketch canvas").first.bounding_box()
+            x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
+            page.mouse.move(x, y)
+            page.mouse.down()
+            for i in range(20):
+                page.mouse.move(x + 5 * i, y - 6 * i, steps=2)
+            page.mouse.up()
+            page.locator("#cut-preview img").wait_for(timeout=60_000)
+            preview = Image.open(io.BytesIO(page.locator("#cut-preview img").screenshot())).convert("L")
+        finally:
+            browser.close()
+    above = np.asarray(preview)[: preview.height // 2]
+    assert (above > 200).any() and (above < 50).any(), "the white stroke on black paper is not in the preview"

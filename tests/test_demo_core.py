@@ -194,7 +194,7 @@ def test_a_colour_model_streams_colour(tmp_path):
     ImageGPTForCausalImageModeling(tiny_config(vocab_size=9)).save_pretrained(tmp_path)
     ImageGPTImageProcessor(clusters=uniform_palette(2), size=8).save_pretrained(tmp_path)  # 8 corners of the cube
     entry = ModelChoices([str(tmp_path)]).get(str(tmp_path))
-    assert "8 colour palette colors" in entry.describe()
+    assert "a 8-color RGB palette" in entry.describe()
     rgb = np.zeros((16, 16, 3), dtype=np.uint8)
     rgb[..., 0] = 255  # red, which this palette holds exactly
     assert quantize(entry, rgb)[3] == 0 and fit_note(entry, 0.0) is None

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from imagegpt.demo_core import (MAX_PIXELS, MAX_UPLOAD_BYTES, DemoInputError, Frame, ModelChoices, example_images,
-                                fit_note, quantize, read_image, stream_complete, stream_sample, surprise)  # fmt: skip
+from imagegpt.demo_core import (BLANK_COLOR, MAX_PIXELS, MAX_UPLOAD_BYTES, DemoInputError, Frame, ModelChoices,
+                                example_images, fit_note, quantize, read_image, stream_complete, stream_sample,
+                                surprise)  # fmt: skip
 from imagegpt.demo_render import display_scale, heat_map, strip, with_cut
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def _app_functions(choices: ModelChoices) -> dict[str, Any]:
             scale = display_scale(entry.height, entry.width)
             for frame in stream_complete(entry, rgb, rows, samples, temperature, top_k, top_p, seed):
                 prompt = frame.images[0].copy()
-                prompt[int(rows) :] = 128
+                prompt[int(rows) :] = BLANK_COLOR
                 picture = strip([prompt, *frame.images, original], scale, cut=int(rows))
                 yield picture, _status(frame, int(rows), "· [kept | completions | input as the model sees it]")
         except DemoInputError as e:
@@ -157,6 +158,16 @@ def _raw_image_class():
     return RawImage
 
 
+def _sketchpad(gr):
+    """A black sheet (as Fashion-MNIST's backgrounds) and a white brush by default; grays and colors to pick."""
+    paper = np.zeros((280, 280, 3), dtype=np.uint8)
+    brush = gr.Brush(default_size=16, default_color="#ffffff", color_mode="defaults",
+                     colors=["#ffffff", "#b0b0b0", "#606060", "#000000", "#e53935", "#fdd835", "#43a047", "#1e88e5"])
+    return gr.Sketchpad(value={"background": paper, "layers": [], "composite": None}, type="numpy",
+                        canvas_size=(280, 280), brush=brush, label="pick the brush, draw, then press Complete",
+                        elem_id="sketch")  # fmt: skip
+
+
 def _sampling_controls(gr) -> list:
     with gr.Accordion("Sampling", open=True):
         with gr.Row():
@@ -197,8 +208,7 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
                                 image = RawImage(type="filepath", image_mode=None, label="image", height=240,
                                                  sources=["upload", "clipboard"], elem_id="input-image")
                             with gr.Tab("Draw"):
-                                sketch = gr.Sketchpad(type="numpy", canvas_size=(280, 280), label="draw, then "
-                                                      "press Complete", elem_id="sketch")  # fmt: skip
+                                sketch = _sketchpad(gr)
                         gr.Markdown(LIMITS)
                     with gr.Column(scale=2):
                         cut = gr.Image(label="what the model keeps", format="png", interactive=False, height=240,
@@ -254,7 +264,7 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
         model.change(on_model, [model, rows], [info, rows], **light)
         gallery.select(pick, None, [image, model], **light)
         inside_gallery.select(pick, None, [inside_image, model], **light)
-        sketch.change(drawn, sketch, image, trigger_mode="always_last", **light)
+        sketch.input(drawn, sketch, image, trigger_mode="always_last", **light)  # a stroke (not .change: no event)
         for i, trigger in enumerate((image.change, rows.release, model.change)):  # light: never queued behind jobs
             trigger(fn["preview"], [image, model, rows], [cut, cut_note], **{**light, "api_name": i == 0 and "preview"})
         job = go.click(fn["complete"], [image, model, rows, samples, *controls], [result, status],

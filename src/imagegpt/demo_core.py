@@ -7,14 +7,13 @@ Every problem a user can cause raises :class:`DemoInputError`, whose message is 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imagegpt.images import to_uint8_rgb
 from imagegpt.pretrained import DEFAULT_MODEL, packaged_examples, packaged_model_dir, packaged_models
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["DemoInputError", "DemoModel", "ModelChoices", "Frame", "MAX_UPLOAD_BYTES", "MAX_PIXELS", "POOR_FIT",
            "example_images", "read_image", "quantize", "stream_complete", "stream_sample", "surprise"]  # fmt: skip
@@ -60,14 +57,13 @@ class DemoModel:
     height: int
     width: int
     colors: int
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.model.parameters()) / 1e6
         cfg = self.model.config
-        kind = "gray" if np.allclose(self.processor.clusters, self.processor.clusters[:, :1]) else "colour"
+        kind = "gray" if np.allclose(self.processor.clusters, self.processor.clusters[:, :1]) else "RGB"
         return (f"**{self.name}**: {cfg.n_layer} layers x {cfg.n_embd} wide, {params:.2f} M parameters; "
-                f"{self.height}x{self.width} pixels, {self.colors} {kind} palette colors")  # fmt: skip
+                f"{self.height}x{self.width} pixels, a {self.colors}-color {kind} palette")  # fmt: skip
 
 
 class ModelChoices:
