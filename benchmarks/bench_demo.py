@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from imagegpt.demo_core import ModelChoices, read_image, stream_complete
+from imagegpt.demo_core import ModelChoices, example_images, read_image, stream_complete
 from imagegpt.pretrained import packaged_examples, packaged_models
 
 RESULTS = Path(__file__).parent / "results"
@@ -107,10 +107,8 @@ def main() -> None:
         memory = {"idle": _memory(server.pid)}
         choices = ModelChoices()
         names = packaged_models()
-        starts, i = {}, 0  # the gallery index of each packaged model's first example
-        for n in names:
-            starts[n] = i
-            i += len(packaged_examples(n))
+        gallery = [model for _, model, _ in example_images()]  # the page's example gallery, in order
+        starts = {n: gallery.index(n) for n in names}
         results = []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])

@@ -20,7 +20,8 @@ from PIL import Image
 
 from imagegpt.demo_core import BLANK_COLOR, ModelChoices, quantize, read_image
 from imagegpt.demo_render import PAD, display_scale
-from imagegpt.pretrained import DEFAULT_MODEL, packaged_examples
+from imagegpt.demo_core import example_images
+from imagegpt.pretrained import packaged_examples
 
 # gradio 6.31's queue calls pandas 3 in ways it deprecates; not ours to fix
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
@@ -28,7 +29,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
 
 CHROMIUM = "/usr/bin/chromium"
 ROW = re.compile(r"row (\d+) of (\d+)")
-EXAMPLE = packaged_examples(DEFAULT_MODEL)[0]
+FMNIST = "fashion-mnist"  # 28x28, 16 grays, 0.9 M parameters: fast; by name, whichever model is the default
+EXAMPLE = packaged_examples(FMNIST)[0]
 
 
 def test_import_never_loads_gradio():
@@ -64,17 +66,17 @@ def test_app_functions_without_a_server(tmp_path):
     from imagegpt.demo import _app_functions
 
     fn = _app_functions(ModelChoices())
-    picture, text = fn["preview"](str(EXAMPLE), DEFAULT_MODEL, 20)
+    picture, text = fn["preview"](str(EXAMPLE), FMNIST, 20)
     assert picture.shape[:2] == (28 * 8, 28 * 8) and "top **20** of 28" in text
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
-    assert fn["preview"](str(bad), DEFAULT_MODEL, 20) == (None, fn["preview"](str(bad), DEFAULT_MODEL, 20)[1])
-    assert "is not an image" in fn["preview"](str(bad), DEFAULT_MODEL, 20)[1]
-    frames = list(fn["complete"](str(bad), DEFAULT_MODEL, 20, 1, 1.0, 0, 1.0, 0))
+    assert fn["preview"](str(bad), FMNIST, 20) == (None, fn["preview"](str(bad), FMNIST, 20)[1])
+    assert "is not an image" in fn["preview"](str(bad), FMNIST, 20)[1]
+    frames = list(fn["complete"](str(bad), FMNIST, 20, 1, 1.0, 0, 1.0, 0))
     assert frames == [(None, frames[0][1])] and "⚠️" in frames[0][1]
-    text, height = fn["model_info"](DEFAULT_MODEL)
+    text, height = fn["model_info"](FMNIST)
     assert height == 28 and "a 16-color gray palette" in text
-    picture, text = fn["look_inside"](str(EXAMPLE), DEFAULT_MODEL)
+    picture, text = fn["look_inside"](str(EXAMPLE), FMNIST)
     assert "bits/dim" in text and picture.shape[0] == 28 * 8 + 2 * PAD
 
 
@@ -116,12 +118,12 @@ def test_api_completion_streams_rows_in_order_and_keeps_the_input(client):
     from gradio_client import handle_file
 
     rows, samples = 24, 2
-    job = client.submit(handle_file(str(EXAMPLE)), DEFAULT_MODEL, rows, samples, 1.0, 0, 1.0, 7,
+    job = client.submit(handle_file(str(EXAMPLE)), FMNIST, rows, samples, 1.0, 0, 1.0, 7,
                         api_name="/complete")  # fmt: skip
     picture, status = job.result(timeout=300)
     assert "row 28 of 28" in status and "done" in status
     tiles = _tiles(_read(picture), samples + 2, 28, 28)  # [kept rows | samples | quantized input]
-    entry = ModelChoices().get(DEFAULT_MODEL)
+    entry = ModelChoices().get(FMNIST)
     quantized = quantize(entry, read_image(EXAMPLE)[0])[2]
     assert (tiles[-1] == quantized).all()
     assert (tiles[1:-1, :rows] == quantized[:rows]).all()  # kept rows equal the input
@@ -140,13 +142,13 @@ def test_api_bad_uploads_give_a_message_and_the_server_lives(client, tmp_path):
 
     bad = tmp_path / "notes.png"
     bad.write_text("plain text, named like an image")
-    picture, status = client.predict(handle_file(str(bad)), DEFAULT_MODEL, 14, 1, 1.0, 0, 1.0, 0, api_name="/complete")
+    picture, status = client.predict(handle_file(str(bad)), FMNIST, 14, 1, 1.0, 0, 1.0, 0, api_name="/complete")
     assert picture is None and "is not an image this demo can read" in status
     big = tmp_path / "big.png"
     Image.new("1", (5000, 5000)).save(big)
-    picture, status = client.predict(handle_file(str(big)), DEFAULT_MODEL, api_name="/look_inside")
+    picture, status = client.predict(handle_file(str(big)), FMNIST, api_name="/look_inside")
     assert picture is None and "limit is 16.8 megapixels" in status
-    picture, status = client.predict(handle_file(str(EXAMPLE)), DEFAULT_MODEL, api_name="/look_inside")
+    picture, status = client.predict(handle_file(str(EXAMPLE)), FMNIST, api_name="/look_inside")
     assert "bits/dim" in status and _read(picture).std() > 10
 
 
@@ -155,15 +157,15 @@ def test_api_stop_frees_the_server_and_light_events_do_not_queue(client):
     hold up the next one."""
     from gradio_client import handle_file
 
-    long_job = client.submit(DEFAULT_MODEL, 16, 1.0, 0, 1.0, 0, api_name="/sample")  # 16 images x 28 rows
+    long_job = client.submit(FMNIST, 16, 1.0, 0, 1.0, 0, api_name="/sample")  # 16 images x 28 rows
     deadline = time.monotonic() + 120
     while not long_job.outputs() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert long_job.outputs(), "the long job never streamed a row"
-    picture, text = client.predict(handle_file(str(EXAMPLE)), DEFAULT_MODEL, 10, api_name="/preview")
+    picture, text = client.predict(handle_file(str(EXAMPLE)), FMNIST, 10, api_name="/preview")
     assert "top **10** of 28" in text and not long_job.done(), "the preview waited for the running job"
     long_job.cancel()
-    short = client.submit(handle_file(str(EXAMPLE)), DEFAULT_MODEL, 27, 1, 1.0, 0, 1.0, 0, api_name="/complete")
+    short = client.submit(handle_file(str(EXAMPLE)), FMNIST, 27, 1, 1.0, 0, 1.0, 0, api_name="/complete")
     _, status = short.result(timeout=120)
     assert "row 28 of 28" in status
     painted = [int(ROW.search(text).group(1)) for _, text in long_job.outputs()]
@@ -189,35 +191,38 @@ def _launch(p):
 
 
 def test_browser_completes_an_example(server, tmp_path):
+    """Load the page, pick the first example (the default model's), complete it and watch the rows arrive."""
     sync_playwright = _browser_or_skip()
     screenshot = Path(os.environ.get("IMAGEGPT_DEMO_SCREENSHOT", tmp_path / "demo.png"))
+    _, name, _ = example_images()[0]
+    height = ModelChoices().get(name).height
     with sync_playwright() as p:
         browser = _launch(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1250})
             page.goto(server, wait_until="domcontentloaded", timeout=60_000)
-            page.locator("#examples button, #examples img").first.wait_for(timeout=60_000)
-            page.locator("#examples img").first.click()  # the first example: fashion-mnist's ankle boot
+            page.locator("#examples img").first.wait_for(timeout=60_000)
+            page.locator("#examples img").first.click()
             page.locator("#cut-preview img").wait_for(timeout=60_000)  # the cut line preview appears
-            page.locator("#samples-slider input[type=number]").fill("2")
-            page.locator("#samples-slider input[type=number]").press("Enter")
-            page.locator("#rows-slider input[type=number]").fill("20")
-            page.locator("#rows-slider input[type=number]").press("Enter")
+            page.locator("#model-info").get_by_text(name).wait_for(timeout=60_000)  # the example's model is chosen
+            page.wait_for_timeout(500)  # the rows slider takes the model's height
+            for slider, value in (("#samples-slider", 2), ("#rows-slider", height - 8)):
+                page.locator(f"{slider} input[type=number]").fill(str(value))
+                page.locator(f"{slider} input[type=number]").press("Enter")
             page.evaluate("""() => { window.__srcs = new Set(); const root = document.querySelector('#completions');
                 new MutationObserver(() => root.querySelectorAll('img').forEach(i => window.__srcs.add(i.src)))
                 .observe(root, {subtree: true, childList: true, attributes: true}); }""")
             page.locator("#complete-button").click()
-            page.get_by_text(re.compile(r"row 28 of 28 .* done")).wait_for(timeout=240_000)
+            page.get_by_text(re.compile(f"row {height} of {height} .* done")).wait_for(timeout=240_000)
             page.wait_for_timeout(500)  # the last image loads
             frames = page.evaluate("() => window.__srcs.size")
             status = page.locator("#complete-status").inner_text()
-            result = page.locator("#completions img").first
-            shot = Image.open(io.BytesIO(result.screenshot())).convert("RGB")
+            shot = Image.open(io.BytesIO(page.locator("#completions img").first.screenshot())).convert("RGB")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
-    assert "row 28 of 28" in status
+    assert f"row {height} of {height}" in status
     assert frames >= 2, f"the result image changed {frames} time(s): not streamed"
     pixels = np.asarray(shot, dtype=np.float64)
     assert min(shot.size) > 100 and pixels.std() > 20, "the result image is blank"

@@ -24,7 +24,7 @@ from conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def fmnist():
-    return ModelChoices().get(DEFAULT_MODEL)
+    return ModelChoices().get("fashion-mnist")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def test_examples_cover_every_packaged_model():
     examples = example_images()
     for name in packaged_models():
         assert [p for p, model, _ in examples if model == name] == packaged_examples(name)
-    labels = {label for _, model, label in examples if model == DEFAULT_MODEL}
+    assert examples[0][1] == DEFAULT_MODEL  # the default model's examples first
+    labels = {label for _, model, label in examples if model == "fashion-mnist"}
     assert {"ankle-boot", "sneaker", "bag"} <= labels
 
 
@@ -161,7 +162,7 @@ def test_stream_sample(tiny_dir):
 
 
 def test_surprise_matches_the_models_likelihood(fmnist):
-    path = packaged_examples(DEFAULT_MODEL)[0]
+    path = packaged_examples("fashion-mnist")[0]
     rgb = read_image(path)[0]
     quantized, bits, bpd = surprise(fmnist, rgb)
     assert bits.shape == (28, 28) and (bits >= 0).all() and quantized.shape == (28, 28, 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -111,11 +112,12 @@ class ModelChoices:
 
 
 def example_images() -> list[tuple[Path, str, str]]:
-    """(path, model name, short label) of every example image shipped with every packaged model."""
+    """(path, model name, short label) of every example image shipped with every packaged model, the default
+    model's first."""
     out = []
-    for name in packaged_models():
+    for name in sorted(packaged_models(), key=lambda n: n != DEFAULT_MODEL):  # the default model's first
         for path in packaged_examples(name):
-            label = path.stem.split("-", 2)[-1] if path.stem.startswith("test-") else path.stem
+            label = re.sub(r"^(test-)?\d+-", "", path.stem)  # "test-0000-ankle-boot" -> "ankle-boot"
             out.append((path, name, label))
     return out
 
