@@ -262,3 +262,17 @@ def test_browser_drawing_becomes_the_input(server):
             browser.close()
     above = np.asarray(preview)[: preview.height // 2]
     assert (above > 200).any() and (above < 50).any(), "the white stroke on black paper is not in the preview"
+
+
+def test_an_unexpected_error_is_a_message_not_a_crash(monkeypatch):
+    pytest.importorskip("gradio")
+    import imagegpt.demo as demo
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(demo, "surprise", broken)
+    monkeypatch.setattr(demo, "stream_sample", broken)
+    fn = demo._app_functions(ModelChoices())
+    assert fn["look_inside"](str(EXAMPLE), FMNIST) == (None, "⚠️ internal error: RuntimeError: boom")
+    assert list(fn["sample"](FMNIST, 1, 1.0, 0, 1.0, 0)) == [(None, "⚠️ internal error: RuntimeError: boom")]

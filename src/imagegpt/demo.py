@@ -67,6 +67,9 @@ def _app_functions(choices: ModelChoices) -> dict[str, Any]:
             _, _, quantized, error = quantize(entry, rgb)
         except DemoInputError as e:
             return None, _warn(str(e))
+        except Exception as e:  # never a dead page
+            logger.exception("preview failed")
+            return None, _warn(f"internal error: {type(e).__name__}: {e}")
         rows = int(min(max(rows or 0, 0), entry.height - 1))
         lines = [f"Keeping the top **{rows}** of {entry.height} rows (above the line); the model paints the rest."]
         lines += [f"Note: {n}." for n in notes]
@@ -111,6 +114,9 @@ def _app_functions(choices: ModelChoices) -> dict[str, Any]:
             quantized, bits, bpd = surprise(entry, rgb)
         except DemoInputError as e:
             return None, _warn(str(e))
+        except Exception as e:  # never a dead page
+            logger.exception("look inside failed")
+            return None, _warn(f"internal error: {type(e).__name__}: {e}")
         picture, vmax = heat_map(quantized, bits, display_scale(entry.height, entry.width))
         uniform = np.log2(entry.colors)
         worst = np.unravel_index(int(bits.argmax()), bits.shape)
