@@ -241,7 +241,7 @@ def build_app(models: Sequence[str] | ModelChoices = (), *, concurrency: int = D
                 with gr.Row():
                     with gr.Column(scale=1):
                         inside_gallery = gr.Gallery([(str(p), label) for p, _, label in examples], label="examples",
-                                                    columns=5, height=200, allow_preview=False)  # fmt: skip
+                                                    columns=4, height=200, allow_preview=False)  # fmt: skip
                         inside_image = RawImage(type="filepath", image_mode=None, label="image", height=200,
                                                 sources=["upload", "clipboard"], elem_id="inside-image")
                         inside_go = gr.Button("Look inside", variant="primary")
