@@ -61,6 +61,17 @@ def _tiles(picture: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     return np.stack(tiles)
 
 
+def test_building_the_app_writes_nothing_into_the_package():
+    pytest.importorskip("gradio")
+    import imagegpt
+    from imagegpt.demo import build_app
+
+    package = Path(imagegpt.__file__).parent
+    before = sorted(p.name for p in package.iterdir())
+    build_app([])
+    assert sorted(p.name for p in package.iterdir()) == before and not (package / "demo.pyi").exists()
+
+
 def test_app_functions_without_a_server(tmp_path):
     pytest.importorskip("gradio")
     from imagegpt.demo import _app_functions

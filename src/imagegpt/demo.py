@@ -8,6 +8,7 @@ lays out the page and turns every :class:`~imagegpt.demo_core.DemoInputError` in
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -145,22 +146,31 @@ def drawing(value: dict | None) -> np.ndarray | None:
     return rgba[..., :3]
 
 
+@functools.cache
 def _raw_image_class():
     """gr.Image whose upload reaches our code as the file's path, undecoded: Gradio's own decoding would fail on a
     non-image file (or a decompression bomb) before :func:`read_image` could say why in the page."""
     import gradio as gr
-    from gradio import processing_utils
+    from gradio import component_meta, processing_utils
 
-    class RawImage(gr.Image):
-        is_template = True  # the browser side is gr.Image's
+    # Gradio's component metaclass writes a .pyi stub beside the module of every new component class (meant for
+    # custom-component packages): it would write into this installed package. Not for this private subclass.
+    write_stub = component_meta.create_or_modify_pyi
+    component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
 
-        def preprocess(self, payload):
-            if payload is None:
-                return None
-            if payload.url and payload.url.startswith("data:"):
-                return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
-            return payload.path
+        class RawImage(gr.Image):
+            is_template = True  # the browser side is gr.Image's
 
+            def preprocess(self, payload):
+                if payload is None:
+                    return None
+                if payload.url and payload.url.startswith("data:"):
+                    return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
+                return payload.path
+
+    finally:
+        component_meta.create_or_modify_pyi = write_stub
     return RawImage
 
 
