@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from imagegpt.cli_demo import COMMANDS as DEMO_COMMANDS
+from imagegpt.cli_demo import add_parsers as add_demo_parsers
 from imagegpt.cli_train import COMMANDS as TRAINING_COMMANDS
 from imagegpt.cli_train import PIPELINE
 from imagegpt.cli_probe import COMMANDS as PROBE_COMMANDS
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     _sampling_args(s)
     add_training_parsers(sub)
     add_probe_parsers(sub)
+    add_demo_parsers(sub)
     return p
 
 
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         commands = {"info": _info, "init": _init, "score": _score, "sample": _sample, "complete": _complete,
-                    **TRAINING_COMMANDS, **PROBE_COMMANDS}  # fmt: skip
+                    **TRAINING_COMMANDS, **PROBE_COMMANDS, **DEMO_COMMANDS}  # fmt: skip
         return commands[args.command](args)
     except (ValueError, OSError) as e:  # our errors are written to be read: one line, no traceback
         if args.verbose:
