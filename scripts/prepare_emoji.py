@@ -11,7 +11,9 @@
    own unified code), short_name, category, subcategory, skin (the skin-tone code, empty for the default).
 4. For ``imagegpt probe``: ``<out>/probe/<split>/`` (hard links to the same files, the Component category left
    out: skin-tone swatches and hair parts are no category of pictures) and ``<out>/probe/<split>_labels.npy``, the
-   category ids (:data:`CATEGORIES` order) in the order ``imagegpt`` lists the folder (sorted file names).
+   category ids (:data:`CATEGORIES` order) in the order ``imagegpt`` lists the folder (sorted file names), and
+   ``<split>_groups.npy``, one id per emoji in the same order, for ``imagegpt probe --groups`` (its validation
+   split then holds out whole emoji too).
 
 The split is by emoji, never by file: an emoji entry of emoji.json (its default image, every skin-tone variant,
 both vendors) goes wholly to one split, chosen by the first 8 hex digits of sha256(base unified code) mod 100:
@@ -122,6 +124,8 @@ def write_probe_folders(rows: list[dict], out: Path) -> None:
             except OSError:  # a file system without hard links
                 link.write_bytes((out / r["file"]).read_bytes())
         np.save(probe / f"{split}_labels.npy", np.array([CATEGORIES.index(r["category"]) for r in chosen]))
+        bases = sorted({r["base"] for r in chosen})
+        np.save(probe / f"{split}_groups.npy", np.array([bases.index(r["base"]) for r in chosen]))
     (probe / "classes.txt").write_text("\n".join(CATEGORIES) + "\n", encoding="utf-8")
 
 

@@ -98,6 +98,10 @@ def test_probe_folders_labels_follow_the_folder_order(folder):
         files = open_source(folder / "probe" / split).files
         labels = np.load(folder / "probe" / f"{split}_labels.npy")
         assert [category[f.name] for f in files] == [classes[i] for i in labels]
+        groups = np.load(folder / "probe" / f"{split}_groups.npy")
+        base = {Path(r["file"]).name: r["base"] for r in _rows(folder)}
+        same = [[base[a.name] == base[b.name] for b in files] for a in files]
+        assert same == [[g == h for h in groups] for g in groups]  # one group id per emoji
     processor = ImageGPTImageProcessor(clusters=np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]), size=8)
     ids, y, _ = load_labeled(folder / "probe" / "test", folder / "probe" / "test_labels.npy", processor)
     assert ids.shape == (4, 65) and sorted(classes[i] for i in y) == ["Flags", "Flags", "Smileys & Emotion",
