@@ -54,8 +54,10 @@ for split in val test; do
     tail -1 "$OUT/score-$split.txt"
 done
 
-# 6. linear probe of every layer and of the raw pixels: train emoji -> test emoji, 9 categories (no Component)
+# 6. linear probe of every layer and of the raw pixels: train emoji -> test emoji, 9 categories (no Component);
+#    C is chosen on 10% of the training emoji held out whole (--groups: one id per emoji)
 [ -f "$OUT/probe/probe.json" ] || $IG probe --model "$OUT/train/final" \
     --data "$DATA/folder/probe/train" --labels "$DATA/folder/probe/train_labels.npy" \
+    --groups "$DATA/folder/probe/train_groups.npy" \
     --test-data "$DATA/folder/probe/test" --test-labels "$DATA/folder/probe/test_labels.npy" \
     --pixels --C 0.01 0.1 1 10 100 --max-iter 2000 --out "$OUT/probe"
