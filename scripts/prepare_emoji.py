@@ -103,14 +103,16 @@ def prepare(packages: dict[str, Path], out: Path) -> list[dict]:
         writer.writeheader()
         writer.writerows(rows)
     write_probe_folders(rows, out)
+    # a smaller probe set: one drawing per emoji (Twitter's, default skin tone), the one docs/results.md reports
+    write_probe_folders([r for r in rows if r["vendor"] == "twitter" and not r["skin"]], out, "probe-twitter-default")
     return rows
 
 
-def write_probe_folders(rows: list[dict], out: Path) -> None:
-    """``out/probe/<split>/`` + ``<split>_labels.npy`` (category ids in sorted-file-name order) + classes.txt."""
+def write_probe_folders(rows: list[dict], out: Path, name: str = "probe") -> None:
+    """``out/<name>/<split>/`` + ``<split>_labels.npy`` (category ids in sorted-file-name order) + classes.txt."""
     import numpy as np
 
-    probe = out / "probe"
+    probe = out / name
     for split in SPLITS:
         chosen = sorted((r for r in rows if r["split"] == split and r["category"] in CATEGORIES),
                         key=lambda r: Path(r["file"]).name)  # fmt: skip
