@@ -141,3 +141,34 @@ def test_cli_probe_on_easy_idx_data(tmp_path, capsys):
     assert all(r["test_acc"] > 0.9 for r in result["rows"][1:])
     assert (out / "probe.png").is_file() and (out / "features_train.npz").is_file()
     assert "test acc" in capsys.readouterr().out
+
+
+def test_validation_holds_out_whole_groups():
+    """With groups (e.g. one id per emoji, shared by its drawings), no group straddles the train/val split."""
+    from imagegpt.probe import _split
+
+    groups = np.repeat(np.arange(50), np.arange(50) % 7 + 1)  # groups of 1-7 examples
+    tr, va = _split(len(groups), 0.2, seed=0, groups=groups)
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(len(groups)))
+    assert not set(groups[tr]) & set(groups[va])
+    assert abs(len(va) / len(groups) - 0.2) < 0.05
+    assert (_split(len(groups), 0.2, 0, groups)[1] == va).all()  # seeded
+    with pytest.raises(ValueError, match="one id per training example"):
+        _split(len(groups), 0.2, 0, groups[:-1])
+
+
+def test_cli_probe_groups_must_match_the_training_images(tmp_path, capsys):
+    from imagegpt.cli_probe import COMMANDS, add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    data = easy_idx_args(tmp_path, 48, 32)
+    np.save(tmp_path / "groups.npy", np.arange(32) // 2)  # pairs of the 32 training images: one group each
+    args = parser.parse_args(["probe", "--model", "fashion-mnist", *data, "--groups", str(tmp_path / "groups.npy"),
+                              "--device", "cpu", "--quiet", "--layers", "4", "--val-fraction", "0.25",
+                              "--out", str(tmp_path / "out")])  # fmt: skip
+    assert COMMANDS[args.command](args) == 0
+    assert json.loads((tmp_path / "out" / "probe.json").read_text())["rows"][0]["test_acc"] > 0.9
+    np.save(tmp_path / "groups.npy", np.arange(31))
+    with pytest.raises(ValueError, match="31 group ids for the 32 labels"):
+        COMMANDS[args.command](args)

@@ -53,6 +53,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--limit", type=int, help="use the first N training images")
     s.add_argument("--test-limit", type=int, help="use the first N test images")
     s.add_argument("--val-fraction", type=float, default=0.1, help="share of training images that picks C")
+    s.add_argument("--groups", type=Path, help="a .npy of one integer group id per training image (e.g. the emoji "
+                   "it draws): validation holds out whole groups, so near-copies never straddle it")  # fmt: skip
     s.add_argument("--C", type=float, nargs="+", dest="Cs", help="inverse regularization strengths to try "
                    "(default 0.01 0.1 1 10)")  # fmt: skip
     s.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations per fit (default 1000)")
@@ -108,7 +110,7 @@ def _probe(args) -> int:
 
     from imagegpt import ImageGPTForCausalImageModeling
     from imagegpt.checkpoint import atomic_write_text
-    from imagegpt.datasets import load_labeled
+    from imagegpt.datasets import load_labeled, read_labels
     from imagegpt.probe import extract_features, plot_probe, probe_layers, raw_pixel_baseline
     from imagegpt.processor import ImageGPTImageProcessor
 
@@ -116,6 +118,15 @@ def _probe(args) -> int:
     model = ImageGPTForCausalImageModeling.from_pretrained(args.model).to(device).eval()
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
     ids, y, pixels = load_labeled(args.data, args.labels, processor, args.limit, args.pixels)
+    groups = None
+    if args.groups is not None:
+        groups, n_labels = read_labels(args.groups), len(read_labels(args.labels))
+        if len(groups) != n_labels:
+            raise ValueError(f"{args.groups} holds {len(groups)} group ids for the {n_labels} labels of {args.labels}; "
+                             "give one per training image")  # fmt: skip
+        groups = groups[: args.limit]
+        if len(groups) != len(y):
+            raise ValueError(f"--groups needs every training image readable ({len(y)} of {len(groups)} were)")
     if args.test_data is not None:
         test_ids, test_y, test_pixels = load_labeled(args.test_data, args.test_labels, processor, args.test_limit,
                                                      args.pixels)  # fmt: skip
@@ -129,6 +140,7 @@ def _probe(args) -> int:
         te, tr = perm[:n_test], perm[n_test:]
         test_ids, test_y = ids[te], y[te]
         ids, y = ids[tr], y[tr]
+        groups = None if groups is None else groups[tr]
         if pixels is not None:
             pixels, test_pixels = pixels[tr], pixels[te]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +150,7 @@ def _probe(args) -> int:
     kw = dict(layers=layers, batch_size=args.batch_size, progress=not args.quiet, device=device)
     train_f = extract_features(model, ids, cache_path=args.out / "features_train.npz", **kw)
     test_f = extract_features(model, test_ids, cache_path=args.out / "features_test.npz", **kw)
-    fit = dict(val_fraction=args.val_fraction, seed=args.seed, max_iter=args.max_iter,
+    fit = dict(val_fraction=args.val_fraction, seed=args.seed, max_iter=args.max_iter, groups=groups,
                **({"Cs": args.Cs} if args.Cs else {}))  # fmt: skip
     rows = probe_layers(train_f, y, test_f, test_y, concat=concat, **fit)
     if args.pixels:

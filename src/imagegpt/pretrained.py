@@ -1,8 +1,12 @@
 """Models shipped inside the package: loadable by a short name, offline, with example images.
 
-``ImageGPTForCausalImageModeling.from_pretrained("fashion-mnist")`` (and the processor's, and the CLI's
-``--model fashion-mnist``, the default of ``imagegpt sample`` and ``imagegpt complete``) resolve to the folder
-``imagegpt/models/fashion-mnist`` inside the installed package. A local directory of the same name wins.
+- ``emoji``: 32x32 colour, 512 colours, trained on Twitter's and Google's emoji artwork; the default of
+  ``imagegpt sample`` and ``imagegpt complete``.
+- ``fashion-mnist``: 28x28, 16 grays, trained on Fashion-MNIST.
+
+``ImageGPTForCausalImageModeling.from_pretrained("emoji")`` (and the processor's, and the CLI's ``--model emoji``)
+resolve to the folder ``imagegpt/models/emoji`` inside the installed package. A local directory of the same name
+wins.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pathlib import Path
 
 __all__ = ["DEFAULT_MODEL", "packaged_models", "packaged_model_dir", "packaged_examples"]
 
-DEFAULT_MODEL = "fashion-mnist"
+DEFAULT_MODEL = "emoji"
 _ROOT = "models"
 
 

@@ -179,19 +179,34 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y
     return best
 
 
-def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split(n: int, val_fraction: float, seed: int, groups: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(train, val) indices. With ``groups`` (one id per example), whole groups go to validation, drawn in a seeded
+    order until they hold ``val_fraction`` of the examples: related examples never straddle the split."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     n_val = min(max(1, int(round(n * val_fraction))), n - 1)
     if n < 2:
         raise ValueError(f"need at least 2 training examples to hold out validation, got {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    return perm[n_val:], perm[:n_val]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        perm = rng.permutation(n)
+        return perm[n_val:], perm[:n_val]
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must hold one id per training example ({n}), got shape {groups.shape}")
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(names) < 2:
+        raise ValueError("groups must hold at least 2 distinct ids to hold out whole groups for validation")
+    order = rng.permutation(len(names))
+    taken = order[: max(1, min(len(names) - 1, int(np.searchsorted(np.cumsum(counts[order]), n_val)) + 1))]
+    is_val = np.isin(inverse, taken)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 def _probe_one(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, val_fraction: float,
-               seed: int, Cs: Sequence[float], max_iter: int) -> dict[str, float]:
-    tr, va = _split(len(x), val_fraction, seed)
+               seed: int, Cs: Sequence[float], max_iter: int, groups: np.ndarray | None = None) -> dict[str, float]:
+    tr, va = _split(len(x), val_fraction, seed, groups)
     res = fit_probe(x[tr], y[tr], x[va], y[va], Cs=Cs, max_iter=max_iter, seed=seed)
     # refit on all training examples with the chosen C: validation only picks C, it need not cost data
     clf = _fit(_classifier(res.C, max_iter, seed), x, y, res.C, max_iter)
@@ -202,15 +217,16 @@ def _probe_one(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndar
 def probe_layers(features_train: dict[int, np.ndarray], y_train: np.ndarray, features_test: dict[int, np.ndarray],
                  y_test: np.ndarray, val_fraction: float = 0.1, seed: int = 0,
                  concat: Sequence[int] | None = None, Cs: Sequence[float] = DEFAULT_CS,
-                 max_iter: int = 1000) -> list[dict]:
+                 max_iter: int = 1000, groups: np.ndarray | None = None) -> list[dict]:
     """One row per layer, in order: {"layer", "C", "val_acc", "test_acc"}; with ``concat`` = [a, b, ...] a last
     row (``"layer": "a+b"``) probes those layers' features side by side. The validation split (``val_fraction``
-    of the training examples, drawn with ``seed``) picks C; the probe is then refit on all training examples."""
+    of the training examples, drawn with ``seed``; whole ``groups`` when given) picks C; the probe is then refit
+    on all training examples."""
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     rows = []
     for layer in sorted(features_train):
         row = _probe_one(features_train[layer], y_train, features_test[layer], y_test, val_fraction, seed, Cs,
-                         max_iter)  # fmt: skip
+                         max_iter, groups)  # fmt: skip
         rows.append({"layer": int(layer), **row})
         logger.info("layer %d: C=%g val %.4f test %.4f", layer, row["C"], row["val_acc"], row["test_acc"])
     if concat:
@@ -219,7 +235,7 @@ def probe_layers(features_train: dict[int, np.ndarray], y_train: np.ndarray, fea
             raise ValueError(f"concat layers {missing} have no features (extracted: {sorted(features_train)})")
         x = np.concatenate([features_train[c] for c in concat], axis=1)
         tx = np.concatenate([features_test[c] for c in concat], axis=1)
-        row = _probe_one(x, y_train, tx, y_test, val_fraction, seed, Cs, max_iter)
+        row = _probe_one(x, y_train, tx, y_test, val_fraction, seed, Cs, max_iter, groups)
         rows.append({"layer": "+".join(str(c) for c in concat), **row})
     return rows
 
@@ -237,7 +253,7 @@ def _is_gray(x: np.ndarray) -> bool:
 
 def raw_pixel_baseline(train_images: np.ndarray, y_train: np.ndarray, test_images: np.ndarray, y_test: np.ndarray,
                        val_fraction: float = 0.1, seed: int = 0, Cs: Sequence[float] = DEFAULT_CS,
-                       max_iter: int = 1000) -> dict:
+                       max_iter: int = 1000, groups: np.ndarray | None = None) -> dict:
     """The same probe on raw pixels (uint8 images (N, ...) scaled to [0, 1]): {"layer": "pixels", "dims", ...}.
 
     Gray images stored as RGB (three equal channels, as :func:`imagegpt.datasets.load_labeled` returns them) count
@@ -249,7 +265,7 @@ def raw_pixel_baseline(train_images: np.ndarray, y_train: np.ndarray, test_image
     if _is_gray(x) and _is_gray(tx):
         x, tx = x[..., :1], tx[..., :1]
     x, tx = x.reshape(len(x), -1), tx.reshape(len(tx), -1)
-    row = _probe_one(x, np.asarray(y_train), tx, np.asarray(y_test), val_fraction, seed, Cs, max_iter)
+    row = _probe_one(x, np.asarray(y_train), tx, np.asarray(y_test), val_fraction, seed, Cs, max_iter, groups)
     return {"layer": "pixels", "dims": x.shape[1], **row}
 
 
