@@ -124,30 +124,44 @@ def _tokenize(args) -> int:
 
 
 def _train(args) -> int:
+    import signal
+
     from imagegpt.distributed import env_rank
-    from imagegpt.train_config import load_config, parse_overrides
+    from imagegpt.train_config import load_config, parse_overrides, resume_config
     from imagegpt.training import TrainingDiverged, train
 
     overrides = parse_overrides(args.set)
     for key in ("data", "out"):
         if getattr(args, key) is not None:
             overrides.setdefault("out_dir" if key == "out" else key, getattr(args, key))
-    if args.resume:
-        overrides["resume"] = True
     if args.quiet:
         overrides["progress"] = False
-    cfg = load_config(args.config, overrides)
+    if args.resume:  # the run's own settings, with the --set changes a resume allows (printed, and logged by train)
+        cfg, changes = resume_config(args.config, overrides)
+        for key, (old, new) in changes.items():
+            print(f"resume: {key} {old!r} -> {new!r}")
+    else:
+        cfg = load_config(args.config, overrides)
     try:
         s = train(cfg)
     except TrainingDiverged as e:
         print(f"imagegpt train: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print(f"imagegpt train: interrupted without saving; the last checkpoint in {cfg.out_dir}/checkpoints is "
+              "intact (--resume continues from it)", file=sys.stderr)  # fmt: skip
+        return 128 + signal.SIGINT
     if env_rank() == 0:
         val = f", val {s['val_loss']:.4f} nats = {s['val_bits_per_dim']:.4f} bits/dim" if s["val_loss"] == s[
             "val_loss"] else ""  # NaN when there is no validation split  # fmt: skip
         print(f"{s['stopped']} at step {s['steps']} ({s['steps_this_run']} this run) in {s['elapsed_s']:.1f} s, "
               f"{s['tokens_per_s']:.0f} tokens/s: train {s['train_loss']:.4f} nats = {s['train_bits_per_dim']:.4f} "
               f"bits/dim{val}; final model in {s['final_dir']}")  # fmt: skip
+    if s["stopped"] == "signal" and s["signal"] is not None:
+        if env_rank() == 0:
+            print(f"interrupted by {signal.Signals(s['signal']).name}: continue with imagegpt train --out "
+                  f"{cfg.out_dir} --resume", file=sys.stderr)  # fmt: skip
+        return 128 + s["signal"]  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a killed job
     return 0
 
 

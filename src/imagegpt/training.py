@@ -218,7 +218,12 @@ class _Trainer:
             raise self._diverged(self.step + 1, f"the gradient norm is {norm_sum} (the loss was {loss_value:.4f})")
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm)
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as e:  # AdamW's step size overflows float32 (lr near 3.4e38)
+            if "overflow" not in str(e):
+                raise
+            raise self._diverged(self.step + 1, f"the update overflows float32 (lr {lr_at(self.step, cfg):g})") from None
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         if not math.isfinite(global_norm(self.model.parameters()).item()):  # a finite update can still overflow
