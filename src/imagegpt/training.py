@@ -23,6 +23,8 @@ Run directory (``out_dir``)::
 
     train_config.json     the resolved TrainConfig
     log.jsonl             one JSON record per logged step: step, loss, lr, tokens_per_s, elapsed_s, val_loss ...
+                          (and {"step", "event": "resume", "changed": {key: {"from", "to"}}} where a resume
+                          changed settings)
     loss.png              train and validation loss curves
     checkpoints/step-0000500/  config.json, model.safetensors, preprocessor_config.json, trainer_state.pt
     checkpoints/latest    the name of the newest complete checkpoint
