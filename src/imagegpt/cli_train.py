@@ -26,6 +26,10 @@ TRAIN_HELP = """\
 settings come from the defaults, then --config FILE.toml, then --data/--out/--resume, then each --set:
   --set lr=1e-3 --set batch_size=16 --set model.n_embd=128 --set objective='"bert"'
 values are TOML (numbers, true/false, [0.9, 0.95]); bare words are strings. Keys: see imagegpt.train_config.
+--resume continues with the run's own settings (train_config.json); a --set then may change only max_steps,
+the eval/save/log intervals, eval_batches, keep_last, max_time_minutes, device, compile and the learning-rate
+schedule (lr, min_lr, warmup_steps, grad_clip): the change is printed and recorded in log.jsonl.
+Exit status: 0 done, 1 diverged, 2 bad settings or data, 130/143 stopped by SIGINT/SIGTERM (checkpoint saved).
 Several GPUs or machines: torchrun --nproc_per_node 8 -m imagegpt train --config train.toml
 """
 
@@ -69,6 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", help="run directory (default runs/train)")
     s.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
+    s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the device setting, auto: cuda when available)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -131,7 +136,7 @@ def _train(args) -> int:
     from imagegpt.training import TrainingDiverged, train
 
     overrides = parse_overrides(args.set)
-    for key in ("data", "out"):
+    for key in ("data", "out", "device"):
         if getattr(args, key) is not None:
             overrides.setdefault("out_dir" if key == "out" else key, getattr(args, key))
     if args.quiet:

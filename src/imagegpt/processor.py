@@ -110,12 +110,13 @@ def _clusters_array(clusters: Any) -> np.ndarray | None:
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         for (i, j), value in np.ndenumerate(array):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                value = value.item() if isinstance(value, np.generic) else value
                 raise ValueError(f"clusters[{i}][{j}] is {value!r}, not a number: clusters are RGB colors in [-1, 1]")
         array = array.astype(np.float64)
     bad = ~np.isfinite(array) | (np.abs(array) > 1 + 1e-4)  # a NaN or out-of-range color quantizes silently wrong
     if bad.any():
         i, j = (int(x) for x in np.argwhere(bad)[0])
-        raise ValueError(f"clusters[{i}][{j}] is {array[i, j]!r}: palette colors must be finite and lie in [-1, 1] "
+        raise ValueError(f"clusters[{i}][{j}] is {array[i, j].item()!r}: palette colors must be finite and lie in [-1, 1] "
                          f"({int(bad.any(axis=1).sum())} of {len(array)} colors are not); is this a palette file?")
     return array
 
