@@ -299,3 +299,12 @@ def test_interrupted_runs_exit_128_plus_the_signal_after_saving(tokens, tmp_path
     assert proc.returncode == 128 + signum, stderr
     assert "signal at step" in stdout and "--resume" in stderr and "Traceback" not in stderr
     assert latest_checkpoint(out) is not None
+
+
+def test_resume_without_train_config_json_uses_the_checkpoint(tokens, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(tokens, out, max_steps=2, batch_size=4))
+    (out / "train_config.json").unlink()
+    cfg, changes = resume_config(None, {"out_dir": str(out), "max_steps": 3})
+    assert cfg.batch_size == 4 and changes == {"max_steps": (2, 3)}
+    assert train(cfg)["steps"] == 3 and json.loads((out / "train_config.json").read_text())["max_steps"] == 3

@@ -270,12 +270,22 @@ def resume_config(path: str | os.PathLike | None = None, overrides: dict[str, An
     given = _read_values(path, overrides)
     run = Path(out_dir or given.get("out_dir") or TrainConfig.out_dir)
     saved_path = run / "train_config.json"
-    if not saved_path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {saved_path} does not exist (is --out the run directory?)")
     try:
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{saved_path} is not valid JSON ({e})") from None
+        if saved_path.is_file():
+            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        else:  # lost: the checkpoint carries the settings it was trained with
+            from imagegpt.train_checkpoint import latest_checkpoint, read_state
+
+            checkpoint = latest_checkpoint(run)
+            if checkpoint is None:
+                raise FileNotFoundError(f"nothing to resume: {saved_path} does not exist and {run} holds no "
+                                        "checkpoint (is --out the run directory?)")  # fmt: skip
+            saved_path = checkpoint / "trainer_state.pt"
+            saved = json.loads(read_state(checkpoint).get("config") or "null")
+    except ValueError as e:  # JSON, UTF-8 (a CheckpointError names its file already)
+        if type(e).__name__ == "CheckpointError":
+            raise
+        raise ValueError(f"{saved_path} does not hold the run's settings ({e})") from None
     if not isinstance(saved, dict):
         raise ValueError(f"{saved_path} does not hold a JSON object of settings")
     base = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
