@@ -29,8 +29,12 @@ TRAIN = ["--quiet", "--set", "batch_size=4", "--set", "max_steps=2", "--set", "m
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """tokens/, a finished 2-step run/, a 16-color model/ and two 8x8 PNGs."""
-    root = tmp_path_factory.mktemp("catalogue")
+    return make_base(tmp_path_factory.mktemp("catalogue"))
+
+
+def make_base(root: Path) -> Path:
+    """tokens/, a finished 2-step run/, a 16-color model/ and two 8x8 PNGs in ``root`` (scripts/reliability_sweep.py
+    uses it too)."""
     processor = ImageGPTImageProcessor(clusters=grayscale_palette(16), size={"height": 8, "width": 8})
     tokenize(ArraySource(synthetic_images(32)), processor, root / "tokens", val_fraction=0.25)
     assert cli.main(["train", "--data", str(root / "tokens"), "--out", str(root / "run"), *TRAIN]) == 0
