@@ -105,7 +105,10 @@ class ImageFolder(ImageSource):
             logger.warning("skipping %s: %s", path, why)
 
         files = []
-        for folder, _, names in os.walk(self.path, onerror=lambda e: skip(e.filename, f"unreadable folder ({e.strerror})")):
+        def unreadable(e: OSError) -> None:
+            skip(e.filename, f"unreadable folder ({e.strerror})")
+
+        for folder, _, names in os.walk(self.path, onerror=unreadable):
             for name in names:
                 p = Path(folder) / name
                 if p.suffix.lower() not in IMAGE_EXTENSIONS:

@@ -35,7 +35,8 @@ class TrainingDiverged(RuntimeError):
             where = (f"The last finite checkpoint is {checkpoint}; resume from it with a lower learning rate or a "
                      f"longer warmup: imagegpt train --out {out_dir} --resume {fix_text}")  # fmt: skip
         else:
-            where = f"No checkpoint was written yet; start again with a lower learning rate or a longer warmup ({fix_text})"
+            where = ("No checkpoint was written yet; start again with a lower learning rate or a longer warmup "
+                     f"({fix_text})")
         super().__init__(f"training diverged at step {step}: {what}; nothing of this step was saved. {where}. "
                          "A gradient clip (grad_clip, default 1.0) also helps.")  # fmt: skip
         self.step, self.what, self.checkpoint, self.loss = step, what, checkpoint, loss

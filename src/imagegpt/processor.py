@@ -116,7 +116,8 @@ def _clusters_array(clusters: Any) -> np.ndarray | None:
     bad = ~np.isfinite(array) | (np.abs(array) > 1 + 1e-4)  # a NaN or out-of-range color quantizes silently wrong
     if bad.any():
         i, j = (int(x) for x in np.argwhere(bad)[0])
-        raise ValueError(f"clusters[{i}][{j}] is {array[i, j].item()!r}: palette colors must be finite and lie in [-1, 1] "
+        raise ValueError(f"clusters[{i}][{j}] is {array[i, j].item()!r}: palette colors must be finite and lie in "
+                         "[-1, 1] "
                          f"({int(bad.any(axis=1).sum())} of {len(array)} colors are not); is this a palette file?")
     return array
 

@@ -255,15 +255,19 @@ def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[A
     unsafe = {k: v for k, v in changes.items() if k not in SAFE_ON_RESUME}
     if unsafe:
         listed = "; ".join(f"{k}: {old!r} -> {value!r}" for k, (old, value) in unsafe.items())
+        safe = ", ".join(sorted(SAFE_ON_RESUME - {"resume", "out_dir"}))
         raise ValueError(f"cannot change {', '.join(unsafe)} when resuming ({listed}): the checkpoint was trained "
-                         f"with the old value. A resume may change only {', '.join(sorted(SAFE_ON_RESUME - {'resume', 'out_dir'}))}. "
+                         f"with the old value. A resume may change only {safe}. "
                          "For other settings start a new run with another --out (--set model=RUN/final starts from "
                          "the trained weights)")  # fmt: skip
     return {k: v for k, v in changes.items() if k not in ("resume", "out_dir", "progress")}
 
 
+Changes = dict[str, tuple[Any, Any]]
+
+
 def resume_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
-                  out_dir: str | os.PathLike | None = None) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:  # fmt: skip
+                  out_dir: str | os.PathLike | None = None) -> tuple[TrainConfig, Changes]:
     """The settings to resume a run with: the run's own (``out_dir/train_config.json``) <- the TOML file <-
     ``overrides``; returns (config, changes) where changes = {key: (saved, new)}. Raises ValueError when a change is
     not safe mid-run (:func:`resume_changes`) and FileNotFoundError when the run has no saved settings."""

@@ -165,7 +165,8 @@ class _Trainer:
             except OSError as e:
                 if not is_disk_full(e):
                     raise
-                kept = f"the previous checkpoint {self.checkpoint} is intact" if self.checkpoint else "no checkpoint yet"
+                kept = f"the previous checkpoint {self.checkpoint} is intact" if self.checkpoint else (
+                    "no checkpoint yet")
                 raise DiskFullError(e.errno, f"the disk is full: could not write checkpoint step-{self.step:07d} into "
                                     f"{self.root} ({e.strerror}); {kept}. Free space (or set keep_last lower), then "
                                     "resume with --resume") from None  # fmt: skip
@@ -225,12 +226,13 @@ class _Trainer:
         except RuntimeError as e:  # AdamW's step size overflows float32 (lr near 3.4e38)
             if "overflow" not in str(e):
                 raise
-            raise self._diverged(self.step + 1, f"the update overflows float32 (lr {lr_at(self.step, cfg):g})") from None
+            what = f"the update overflows float32 (lr {lr_at(self.step, cfg):g})"
+            raise self._diverged(self.step + 1, what) from None
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         if not math.isfinite(global_norm(self.model.parameters()).item()):  # a finite update can still overflow
-            raise self._diverged(self.step, f"the update made weights NaN or infinite (lr {lr_at(self.step - 1, cfg):g})",
-                                 loss_value)  # fmt: skip
+            what = f"the update made weights NaN or infinite (lr {lr_at(self.step - 1, cfg):g})"
+            raise self._diverged(self.step, what, loss_value)
         return loss_value, stop
 
     def _start_log(self, log_path: Path) -> list[dict]:
