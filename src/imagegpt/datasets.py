@@ -104,10 +104,10 @@ class ImageFolder(ImageSource):
             self.skipped_files.append(path)
             logger.warning("skipping %s: %s", path, why)
 
-        files = []
         def unreadable(e: OSError) -> None:
             skip(e.filename, f"unreadable folder ({e.strerror})")
 
+        files = []
         for folder, _, names in os.walk(self.path, onerror=unreadable):
             for name in names:
                 p = Path(folder) / name

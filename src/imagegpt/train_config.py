@@ -259,7 +259,7 @@ def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[A
         raise ValueError(f"cannot change {', '.join(unsafe)} when resuming ({listed}): the checkpoint was trained "
                          f"with the old value. A resume may change only {safe}. "
                          "For other settings start a new run with another --out (--set model=RUN/final starts from "
-                         "the trained weights)")  # fmt: skip
+                         "the trained weights); in Python, resume_config(out_dir=RUN) restores a run's own settings")
     return {k: v for k, v in changes.items() if k not in ("resume", "out_dir", "progress")}
 
 
