@@ -221,7 +221,7 @@ def test_disk_full_is_one_clear_line(base, tmp_path, monkeypatch, capsys):
     run = copy(base, "run", tmp_path)
     monkeypatch.setattr(Path, "write_bytes", full)
     rc, _, err = run_cli(["train", "--out", str(run), "--resume", "--set", "max_steps=4"], capsys)
-    assert_one_line_error(rc, err, r"the disk is full: could not write checkpoint step-0000004 into .*checkpoints "
+    assert_one_line_error(rc, err, r"error: the disk is full: could not write checkpoint step-0000004 into .*checkpoints "
                           r"\(No space left on device\); the previous checkpoint .*step-0000002 is intact")
 
 

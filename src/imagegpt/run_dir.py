@@ -37,6 +37,10 @@ class RunLocked(OSError):
 class DiskFullError(OSError):
     """The disk (or quota) filled up while writing; the message says where and what is intact."""
 
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)  # one argument: str() is the message alone, without "[Errno 28]"
+        self.errno = code
+
 
 def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
