@@ -308,3 +308,18 @@ def test_resume_without_train_config_json_uses_the_checkpoint(tokens, tmp_path):
     cfg, changes = resume_config(None, {"out_dir": str(out), "max_steps": 3})
     assert cfg.batch_size == 4 and changes == {"max_steps": (2, 3)}
     assert train(cfg)["steps"] == 3 and json.loads((out / "train_config.json").read_text())["max_steps"] == 3
+
+
+def test_a_signal_while_the_run_starts_still_stops_with_a_checkpoint(tokens, tmp_path, monkeypatch):
+    real_build = training.build_model
+
+    def build(cfg, dataset):  # SIGTERM arrives while the model is being built, before the first step
+        signal.raise_signal(signal.SIGTERM)
+        return real_build(cfg, dataset)
+
+    monkeypatch.setattr(training, "build_model", build)
+    before = signal.getsignal(signal.SIGTERM)
+    summary = train(tiny_cfg(tokens, tmp_path / "run"))
+    assert summary["stopped"] == "signal" and summary["signal"] == signal.SIGTERM and summary["steps"] == 1
+    assert latest_checkpoint(tmp_path / "run").name == "step-0000001"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -152,7 +152,8 @@ def _train(args) -> int:
     except TrainingDiverged as e:
         print(f"imagegpt train: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before train() set its handler): stopped at once
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a trip still pending would end the process by SIGINT (-2)
         print(f"imagegpt train: interrupted without saving; the last checkpoint in {cfg.out_dir}/checkpoints is "
               "intact (--resume continues from it)", file=sys.stderr)  # fmt: skip
         return 128 + signal.SIGINT

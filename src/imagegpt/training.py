@@ -86,7 +86,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 class _Trainer:
     """State of one run; :func:`train` is the public entry point."""
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo, lock: RunLock | None) -> None:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, lock: RunLock | None, stop: _Stop) -> None:
+        self.stop = stop  # set by SIGINT/SIGTERM, from before this constructor runs
         if not cfg.data:
             raise ValueError("no training data: set data = \"DIR\" (a directory written by imagegpt tokenize)")
         self.cfg, self.info, self.device = cfg, info, info.device
@@ -131,7 +132,6 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=ids)
         self.forward = forward
-        self.stop_signal: int | None = None
         self.out_of_time = False
 
     def _load(self, path: Path, state: dict) -> None:
@@ -183,11 +183,9 @@ class _Trainer:
             except StopIteration:
                 self._iter = None
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        self.stop_signal = signum
-        logger.warning("got %s: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
+    @property
+    def stop_signal(self) -> int | None:
+        return self.stop.signum
 
     def _train_step(self) -> tuple[float, bool]:
         cfg = self.cfg
@@ -257,9 +255,6 @@ class _Trainer:
             cfg.save(self.out / "train_config.json")  # what is on disk now: the checkpoint's model, these settings
             records = self._start_log(log_path)
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.info.world_size * self.pixels
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
                    disable=not (main and cfg.progress))
         self.start = last_time = time.perf_counter()
@@ -295,8 +290,6 @@ class _Trainer:
                     break
         finally:
             bar.close()
-            for s, h in handlers.items():
-                signal.signal(s, h)
         if last_saved != self.step:  # resumed at max_steps: nothing new, but make sure the state is on disk
             self._save()
         elapsed = time.perf_counter() - self.start
@@ -313,6 +306,30 @@ class _Trainer:
                 "final_dir": str(final_dir), "checkpoint": str(self.checkpoint) if self.checkpoint else None,
                 "out_dir": str(self.out), "num_parameters": self.model.num_parameters(),
                 "rank": self.info.rank, "world_size": self.info.world_size}  # fmt: skip
+
+
+class _Stop:
+    """SIGINT/SIGTERM handler of a run: the first signal asks for a checkpoint and a stop after the current step
+    (also when it comes while the run is still starting); a second one stops at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.handlers: dict = {}
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signum = signum
+        logger.warning("got %s: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
+
+    def __enter__(self) -> "_Stop":
+        if threading.current_thread() is threading.main_thread():
+            self.handlers = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self.handlers.items():
+            signal.signal(s, h)
 
 
 def train(cfg: TrainConfig, on_step: Callable[[int, dict], bool | None] | None = None) -> dict[str, Any]:
@@ -333,8 +350,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict], bool | None] | None =
     lock = RunLock(cfg.out_dir) if info.is_main else None
     trainer = None
     try:
-        trainer = _Trainer(cfg, info, lock)
-        return trainer.run(on_step)
+        with _Stop() as stop:
+            trainer = _Trainer(cfg, info, lock, stop)
+            return trainer.run(on_step)
     except OSError as e:
         if not is_disk_full(e) or isinstance(e, DiskFullError):
             raise
