@@ -349,9 +349,11 @@ def test_bad_inputs(tmp_path, make, error, match):
 def test_config_and_decode_errors():
     with pytest.raises(ValueError, match="needs clusters"):
         ImageGPTImageProcessor(size=SIZE)(np.zeros((4, 4, 3), np.uint8))
-    for bad in ([[0.0, 0.0]], [0.0, 0.0, 0.0], np.zeros((0, 3)), [["a", "b", "c"]]):
+    for bad in ([[0.0, 0.0]], [0.0, 0.0, 0.0], np.zeros((0, 3))):
         with pytest.raises(ValueError, match=r"shape \(K, 3\)"):
             ImageGPTImageProcessor(clusters=bad)
+    with pytest.raises(ValueError, match=r"clusters\[0\]\[0\] is 'a', not a number"):  # names the value (issue 13)
+        ImageGPTImageProcessor(clusters=[["a", "b", "c"]])
     for kw, match in [({"size": {"height": 4}}, "size must be"), ({"size": 0}, "positive"),
                       ({"resample": 9}, "Pillow filter"), ({"resample": "bilinear"}, "Pillow filter"),
                       ({"image_mean": [0.5, 0.5]}, "image_mean"), ({"chunk_size": 1}, "chunk_size")]:  # fmt: skip

@@ -131,19 +131,33 @@ def test_bert_objective(tokens, tmp_path):
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tokens, tmp_path, monkeypatch):
+    import errno
+
+    from imagegpt import checkpoint
+    from imagegpt.run_dir import DiskFullError
+
     out = tmp_path / "run"
-    real_save, calls = torch.save, []
+    real_init, opened = checkpoint._Writer.__init__, []
 
-    def flaky_save(obj, f, *args, **kwargs):
-        calls.append(f)
-        if len(calls) == 2:  # the second checkpoint: half a file, then the disk "fills up"
-            with open(f, "wb") as fh:
-                fh.write(b"PK\x03\x04 partial")
-            raise OSError("No space left on device")
-        return real_save(obj, f, *args, **kwargs)
+    class FillingFile:  # trainer_state.pt of the second checkpoint: some bytes, then the disk is full
+        def __init__(self, f):
+            self.f = f
 
-    monkeypatch.setattr(torch, "save", flaky_save)
-    with pytest.raises(OSError, match="No space"):
+        def write(self, data):
+            if self.f.tell() > 100:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+    def init(self, f):
+        opened.append(f)
+        real_init(self, FillingFile(f) if len(opened) == 2 else f)
+
+    monkeypatch.setattr(checkpoint._Writer, "__init__", init)
+    with pytest.raises(DiskFullError, match=r"disk is full: could not write checkpoint step-0000004 into .*"
+                       r"checkpoints \(No space left on device\); the previous checkpoint .*step-0000002 is intact"):
         train(tiny_cfg(tokens, out, save_interval=2, max_steps=4))
     monkeypatch.undo()
     root = out / "checkpoints"

@@ -35,6 +35,7 @@ __all__ = [
     "from_hf_state_dict",
     "load_weights",
     "atomic_write_text",
+    "save_torch",
 ]
 
 PREFIX = "transformer."
@@ -62,6 +63,36 @@ def _hf_layout(state: dict[str, torch.Tensor]) -> bool:
                 key.endswith("c_fc.weight") and value.shape[0] < value.shape[1]) or (
                 key.endswith("c_proj.weight") and value.shape[0] > value.shape[1])  # fmt: skip
     return True
+
+
+class _Writer:
+    """A plain file-like object for torch.save: given a real file, torch writes through its descriptor and turns
+    an OSError (a full disk) into "unexpected pos"; through this, the OSError itself reaches the caller."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e  # torch may bury it under a RuntimeError while closing the archive
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, except that write errors (ENOSPC ...) arrive as the OSError they are."""
+    with open(path, "wb") as f:
+        writer = _Writer(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
@@ -247,11 +278,13 @@ class PreTrainedMixin(ModelHooksMixin):
         directory.mkdir(parents=True, exist_ok=True)
         state = to_hf_state_dict({k: v.detach().cpu() for k, v in self.state_dict().items()})
         if safe_serialization:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            _atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p), {"format": "pt"}))
+            # serialized in memory, written by Python: a full disk is an OSError (safetensors' own writer
+            # reports it as a SafetensorError string)
+            _atomic_write(directory / "model.safetensors", lambda p: p.write_bytes(save(state, {"format": "pt"})))
         else:
-            _atomic_write(directory / "pytorch_model.bin", lambda p: torch.save(state, p))
+            _atomic_write(directory / "pytorch_model.bin", lambda p: save_torch(state, p))
         if getattr(self, "generation_config", None) is not None:
             self.generation_config.save_pretrained(directory)
         config = self.config.to_dict()

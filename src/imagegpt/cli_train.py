@@ -26,6 +26,10 @@ TRAIN_HELP = """\
 settings come from the defaults, then --config FILE.toml, then --data/--out/--resume, then each --set:
   --set lr=1e-3 --set batch_size=16 --set model.n_embd=128 --set objective='"bert"'
 values are TOML (numbers, true/false, [0.9, 0.95]); bare words are strings. Keys: see imagegpt.train_config.
+--resume continues with the run's own settings (train_config.json); a --set then may change only max_steps,
+the eval/save/log intervals, eval_batches, keep_last, max_time_minutes, device, compile and the learning-rate
+schedule (lr, min_lr, warmup_steps, grad_clip): the change is printed and recorded in log.jsonl.
+Exit status: 0 done, 1 diverged, 2 bad settings or data, 130/143 stopped by SIGINT/SIGTERM (checkpoint saved).
 Several GPUs or machines: torchrun --nproc_per_node 8 -m imagegpt train --config train.toml
 """
 
@@ -69,6 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", help="run directory (default runs/train)")
     s.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
+    s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the device setting, auto: cuda when available)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -124,30 +129,45 @@ def _tokenize(args) -> int:
 
 
 def _train(args) -> int:
+    import signal
+
     from imagegpt.distributed import env_rank
-    from imagegpt.train_config import load_config, parse_overrides
+    from imagegpt.train_config import load_config, parse_overrides, resume_config
     from imagegpt.training import TrainingDiverged, train
 
     overrides = parse_overrides(args.set)
-    for key in ("data", "out"):
+    for key in ("data", "out", "device"):
         if getattr(args, key) is not None:
             overrides.setdefault("out_dir" if key == "out" else key, getattr(args, key))
-    if args.resume:
-        overrides["resume"] = True
     if args.quiet:
         overrides["progress"] = False
-    cfg = load_config(args.config, overrides)
+    if args.resume:  # the run's own settings, with the --set changes a resume allows (printed, and logged by train)
+        cfg, changes = resume_config(args.config, overrides)
+        for key, (old, new) in changes.items():
+            print(f"resume: {key} {old!r} -> {new!r}")
+    else:
+        cfg = load_config(args.config, overrides)
     try:
         s = train(cfg)
     except TrainingDiverged as e:
         print(f"imagegpt train: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before train() set its handler): stopped at once
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a trip still pending would end the process by SIGINT (-2)
+        print(f"imagegpt train: interrupted without saving; the last checkpoint in {cfg.out_dir}/checkpoints is "
+              "intact (--resume continues from it)", file=sys.stderr)  # fmt: skip
+        return 128 + signal.SIGINT
     if env_rank() == 0:
         val = f", val {s['val_loss']:.4f} nats = {s['val_bits_per_dim']:.4f} bits/dim" if s["val_loss"] == s[
             "val_loss"] else ""  # NaN when there is no validation split  # fmt: skip
         print(f"{s['stopped']} at step {s['steps']} ({s['steps_this_run']} this run) in {s['elapsed_s']:.1f} s, "
               f"{s['tokens_per_s']:.0f} tokens/s: train {s['train_loss']:.4f} nats = {s['train_bits_per_dim']:.4f} "
               f"bits/dim{val}; final model in {s['final_dir']}")  # fmt: skip
+    if s["stopped"] == "signal" and s["signal"] is not None:
+        if env_rank() == 0:
+            print(f"interrupted by {signal.Signals(s['signal']).name}: continue with imagegpt train --out "
+                  f"{cfg.out_dir} --resume", file=sys.stderr)  # fmt: skip
+        return 128 + s["signal"]  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a killed job
     return 0
 
 

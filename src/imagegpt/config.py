@@ -73,6 +73,9 @@ _DEFAULTS: dict[str, Any] = {
 _COMMON = {"problem_type", "output_hidden_states", "output_attentions", "return_dict", "architectures",
            "chunk_size_feed_forward", "dtype", "is_encoder_decoder", "id2label", "label2id"}  # fmt: skip
 
+# The keys ImageGPTConfig reads (a training config's [model] table is checked against them, aliases included).
+KNOWN_KEYS = frozenset(_DEFAULTS) | frozenset(_ALIASES) | {"bidirectional", "num_labels", "id2label", "label2id"}
+
 _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 
@@ -215,6 +218,11 @@ class ImageGPTConfig:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}); is the file truncated?") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text ({e}); it is no model config.json") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object of model settings "
+                             "(config.json is {\"n_embd\": ..., \"n_layer\": ...})")  # fmt: skip
         return cls.from_dict(data)
 
     @classmethod

@@ -88,11 +88,38 @@ class ImageFolder(ImageSource):
         super().__init__(root)
         if not self.path.is_dir():
             raise NotADirectoryError(f"{root} is not a directory")
-        files = [p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        files = self._list()
         self.files = sorted(files, key=lambda p: p.relative_to(self.path).as_posix())  # stable across file systems
         if not self.files:
-            raise ValueError(f"no images found under {root}: put {', '.join(IMAGE_EXTENSIONS)} files in it "
+            skipped = f" ({self.skipped} entries skipped: {', '.join(self.skipped_files[:3])})" if self.skipped else ""
+            raise ValueError(f"no images found under {root}{skipped}: put {', '.join(IMAGE_EXTENSIONS)} files in it "
                              "(subfolders are searched too)")  # fmt: skip
+
+    def _list(self) -> list[Path]:
+        """Image files under the root; what cannot be listed or read is counted in ``skipped``, with a warning:
+        unreadable subfolders, and image-named entries that are no regular file (dangling symlinks, FIFOs ...)."""
+
+        def skip(path: str, why: str) -> None:
+            self.skipped += 1
+            self.skipped_files.append(path)
+            logger.warning("skipping %s: %s", path, why)
+
+        def unreadable(e: OSError) -> None:
+            skip(e.filename, f"unreadable folder ({e.strerror})")
+
+        files = []
+        for folder, _, names in os.walk(self.path, onerror=unreadable):
+            for name in names:
+                p = Path(folder) / name
+                if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if p.is_file():
+                    files.append(p)
+                elif p.is_symlink() and not p.exists():
+                    skip(str(p), f"dangling symlink to {os.readlink(p)}")
+                elif not p.is_dir():
+                    skip(str(p), "not a regular file (a FIFO, socket or device)")
+        return files
 
     def __len__(self) -> int:
         return len(self.files)

@@ -6,6 +6,7 @@ The conversion rules, and where they differ from transformers on purpose, are li
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ def _pil_to_uint8_rgb(image: Image.Image, composite: bool = True) -> np.ndarray:
         raise ValueError(f"image has a 0-sized dimension ({image.width}x{image.height}); it needs pixels")
     if image.mode in _HIGH_BIT_MODES:
         gray = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(gray).all():  # NaN would quantize to black without a word
+            bad = int((~np.isfinite(gray)).sum())
+            raise ValueError(f"image holds {bad} NaN or infinite values of {gray.size} (a float image, mode "
+                             f"{image.mode}); it has no colors for them: fill or mask them first")  # fmt: skip
         lo, hi = float(gray.min()), float(gray.max())
         if image.mode == "F" and lo >= 0 and hi <= 1:
             gray = gray * 255
@@ -59,6 +64,9 @@ def _array_to_uint8_rgb(array: np.ndarray, input_data_format: str | None = None)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"float image holds {int((~np.isfinite(array)).sum())} NaN or infinite values; it has "
+                             "no colors for them: fill or mask them first")  # fmt: skip
         lo, hi = float(np.min(array)), float(np.max(array))
         if lo >= 0 and hi <= 1:
             array = np.rint(array.astype(np.float64) * 255)
@@ -87,9 +95,15 @@ def _load_path(image: str | os.PathLike) -> np.ndarray:
         hint = " (URLs are not downloaded: fetch the image first)" if url else ""
         raise FileNotFoundError(f"image file not found: {image}{hint}")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            return _pil_to_uint8_rgb(ImageOps.exif_transpose(opened), composite=False)
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses at twice that: both are refused here, with one line
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                return _pil_to_uint8_rgb(ImageOps.exif_transpose(opened), composite=False)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{path} is too large to read safely ({e}); if it is a real image you trust, shrink it "
+                         "first or raise PIL.Image.MAX_IMAGE_PIXELS") from None  # fmt: skip
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
 

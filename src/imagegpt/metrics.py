@@ -28,6 +28,11 @@ def nll_per_sequence(
         raise ValueError(f"input_ids must be (N, 1 + pixels) with a leading start token, got {tuple(input_ids.shape)}")
     start = model.config.vocab_size - 1
     if not bool((input_ids[:, 0] == start).all()):
+        first = int(input_ids[0, 0])
+        if bool((input_ids[:, 0] == first).all()) and 0 < first < start and int(input_ids[:, 1:].max()) < first:
+            raise ValueError(f"the images were quantized with a {first}-color palette but the model predicts "
+                             f"{start} colors (its start token is {start}, theirs {first}): use the model's own "
+                             "palette (its preprocessor_config.json)")  # fmt: skip
         raise ValueError(f"every sequence must begin with the start token {start} (add_start_token=True)")
     device = next(model.parameters()).device
     out = []
@@ -37,4 +42,8 @@ def nll_per_sequence(
         logits = model(ids[:, :-1], use_cache=False).logits.float()  # (B, HW, vocab - 1)
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, HW)
         out.append(nll.mean(dim=1).cpu())
-    return torch.cat(out)
+    result = torch.cat(out)
+    if not bool(torch.isfinite(result).all()):  # once per call: NaN weights would otherwise print "nan"
+        raise ValueError("the model's log-likelihoods are NaN or infinite: its weights hold NaN or infinite values "
+                         "(a diverged or corrupt checkpoint); load an earlier checkpoint")  # fmt: skip
+    return result

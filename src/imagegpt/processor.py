@@ -117,9 +117,25 @@ def _clusters_array(clusters: Any) -> np.ndarray | None:
         return None
     if hasattr(clusters, "detach"):  # torch tensor
         clusters = clusters.detach().cpu().numpy()
-    array = np.array(clusters)
-    if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"clusters must be an array of shape (K, 3) of RGB colors in [-1, 1], got {array.shape}")
+    try:
+        array = np.array(clusters)
+    except ValueError:  # ragged nested lists
+        array = np.array(clusters, dtype=object)
+    if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0:
+        raise ValueError(f"clusters must be an array of shape (K, 3) of RGB colors in [-1, 1], got shape "
+                         f"{array.shape}")  # fmt: skip
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        for (i, j), value in np.ndenumerate(array):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                value = value.item() if isinstance(value, np.generic) else value
+                raise ValueError(f"clusters[{i}][{j}] is {value!r}, not a number: clusters are RGB colors in [-1, 1]")
+        array = array.astype(np.float64)
+    bad = ~np.isfinite(array) | (np.abs(array) > 1 + 1e-4)  # a NaN or out-of-range color quantizes silently wrong
+    if bad.any():
+        i, j = (int(x) for x in np.argwhere(bad)[0])
+        raise ValueError(f"clusters[{i}][{j}] is {array[i, j].item()!r}: palette colors must be finite and lie in "
+                         "[-1, 1] "
+                         f"({int(bad.any(axis=1).sum())} of {len(array)} colors are not); is this a palette file?")
     return array
 
 

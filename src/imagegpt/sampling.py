@@ -163,7 +163,11 @@ def _decode(model, input_ids: torch.Tensor, max_new_tokens: int, cache: KVCache,
             pick: dict) -> Iterator[torch.Tensor]:  # fmt: skip
     device = model.transformer.wte.weight.device
     step = _step_fn(model)
-    tokens = choose_tokens(step(input_ids.to(device), cache), **pick)  # prefill
+    logits = step(input_ids.to(device), cache)  # prefill
+    if not bool(torch.isfinite(logits).all()):  # once per call, not in the decode loop
+        raise ValueError("the model's logits are NaN or infinite: its weights hold NaN or infinite values (a "
+                         "diverged or corrupt checkpoint); load an earlier checkpoint")  # fmt: skip
+    tokens = choose_tokens(logits, **pick)
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
     if cuda_graph and max_new_tokens > 1:

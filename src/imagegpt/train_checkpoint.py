@@ -13,11 +13,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from imagegpt.checkpoint import atomic_write_text
+from imagegpt.checkpoint import CheckpointError, atomic_write_text, save_torch
 
-__all__ = ["STATE_FILE", "latest_checkpoint", "write_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["STATE_FILE", "latest_checkpoint", "write_checkpoint", "read_state", "rng_state", "set_rng_state"]
 
 STATE_FILE = "trainer_state.pt"
+STATE_KEYS = ("step", "optimizer", "rng", "batches", "world_size", "elapsed_s")
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint directory (plain tensors and numbers: nothing is unpickled as code).
+
+    Raises :class:`~imagegpt.checkpoint.CheckpointError` naming the file when it is truncated, corrupt or no
+    training state."""
+    path = Path(checkpoint) / STATE_FILE
+    hint = (f"delete {Path(checkpoint)} (and {Path(checkpoint).parent / 'latest'}) to resume from the checkpoint "
+            "before it")  # fmt: skip
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated zip, pickle that is not plain data, garbage
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable training state ({type(e).__name__}: {first[:200]}); it "
+                              f"may be truncated or corrupt: {hint}") from None  # fmt: skip
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is no training state (missing {', '.join(missing)}): {hint}")
+    return state
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -56,7 +79,15 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     root = Path(out_dir) / "checkpoints"
     pointer = root / "latest"
     if pointer.is_file():
-        path = root / pointer.read_text(encoding="utf-8").strip()
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{pointer} is not UTF-8 text: it should hold a checkpoint name (step-0000500); "
+                                  "delete it to resume from the newest complete checkpoint") from None  # fmt: skip
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise CheckpointError(f"{pointer} should hold a checkpoint name (step-0000500), got {name[:80]!r}; "
+                                  "delete it to resume from the newest complete checkpoint")  # fmt: skip
+        path = root / name
         if not (path / STATE_FILE).is_file():
             raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete")
         return path
@@ -74,7 +105,7 @@ def write_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict,
         model.save_pretrained(tmp)
         for f in files:
             shutil.copy2(f, tmp / f.name)
-        torch.save(state, tmp / STATE_FILE)
+        save_torch(state, tmp / STATE_FILE)
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)

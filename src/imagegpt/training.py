@@ -23,13 +23,18 @@ Run directory (``out_dir``)::
 
     train_config.json     the resolved TrainConfig
     log.jsonl             one JSON record per logged step: step, loss, lr, tokens_per_s, elapsed_s, val_loss ...
+                          (and {"step", "event": "resume", "changed": {key: {"from", "to"}}} where a resume
+                          changed settings)
     loss.png              train and validation loss curves
     checkpoints/step-0000500/  config.json, model.safetensors, preprocessor_config.json, trainer_state.pt
     checkpoints/latest    the name of the newest complete checkpoint
     final/                the last weights in save_pretrained layout (``imagegpt complete --model out_dir/final``)
 
 A checkpoint is built in a hidden temporary directory beside its final name, fsynced, then renamed, and only
-then does ``latest`` move to it: a crash leaves the previous checkpoint and pointer as they were.
+then does ``latest`` move to it: a crash leaves the previous checkpoint and pointer as they were. The run holds
+an OS lock on ``out_dir/.lock`` (:mod:`imagegpt.run_dir`): a second run into the same directory is refused. Nothing
+non-finite is applied or saved (:mod:`imagegpt.divergence`). A resume restores the saved settings and may change
+only the safe ones (:func:`imagegpt.train_config.resume_changes`); the changes are recorded in ``log.jsonl``.
 """
 
 from __future__ import annotations
@@ -48,14 +53,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from imagegpt.config import PRESETS, ImageGPTConfig
-from imagegpt.data import TokenDataset, BatchIterator
+from imagegpt.data import BatchIterator, TokenDataset
 from imagegpt.distributed import DistInfo, all_gather_objects, init_distributed, teardown
+from imagegpt.divergence import TrainingDiverged, all_finite, global_norm
 from imagegpt.heads import ImageGPTForCausalImageModeling
-from imagegpt.train_checkpoint import STATE_FILE, latest_checkpoint, rng_state, set_rng_state, write_checkpoint
-from imagegpt.train_config import TrainConfig
+from imagegpt.run_dir import (DiskFullError, RunLock, append_log, is_disk_full, read_log, remove_stale_temp_files,
+                              rewrite_log)  # fmt: skip
+from imagegpt.train_checkpoint import latest_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
+from imagegpt.train_config import TrainConfig, resume_changes
+from imagegpt.train_model import bert_mask, build_model, compute_loss, configure_optimizer, evaluate
 from imagegpt.viz import plot_loss_curve
 
 logger = logging.getLogger(__name__)
@@ -64,16 +71,6 @@ __all__ = ["train", "TrainingDiverged", "lr_at", "build_model", "configure_optim
            "bert_mask", "evaluate", "latest_checkpoint", "plot_loss_curve"]  # fmt: skip
 
 PROCESSOR_FILE = "preprocessor_config.json"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; no update was applied and the last checkpoint is untouched."""
-
-    def __init__(self, step: int, loss: float, checkpoint: Path | None) -> None:
-        where = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
-        super().__init__(f"training diverged at step {step}: loss is {loss}; {where}. Lower lr, raise warmup_steps "
-                         "or set grad_clip, then resume.")  # fmt: skip
-        self.step, self.loss, self.checkpoint = step, loss, checkpoint
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -86,105 +83,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def _check_palette(model_dir: str, data_dir: Path) -> None:
-    from imagegpt.processor import ImageGPTImageProcessor
-
-    try:
-        mine = ImageGPTImageProcessor.from_pretrained(model_dir).clusters
-    except OSError:
-        return  # a model without a palette file: nothing to compare
-    data = ImageGPTImageProcessor.from_pretrained(data_dir).clusters
-    if mine is not None and (mine.shape != data.shape or not np.allclose(mine, data, atol=1e-6)):
-        raise ValueError(f"the palette of {model_dir} differs from the one {data_dir} was tokenized with; tokenize "
-                         f"the images with --palette {model_dir}")  # fmt: skip
-
-
-def build_model(cfg: TrainConfig, dataset: TokenDataset) -> ImageGPTForCausalImageModeling:
-    """A new model from ``cfg.model`` (fields; vocab_size and n_positions from the data) or one loaded from a path."""
-    vocab, positions = dataset.vocab_size, dataset.height * dataset.width
-    overrides: dict[str, Any] = {f"{k}_pdrop": cfg.dropout for k in ("resid", "embd", "attn")}
-    if cfg.objective == "bert":
-        overrides["bidirectional"] = True  # read by ImageGPTModel; saved in config.json
-    if isinstance(cfg.model, str):
-        model = ImageGPTForCausalImageModeling.from_pretrained(cfg.model, **overrides)
-        config = model.config
-        if config.vocab_size != vocab:
-            raise ValueError(f"{cfg.model} has vocab_size {config.vocab_size} ({config.vocab_size - 1} colors) but "
-                             f"{dataset.directory} uses {vocab - 1} colors; tokenize with its palette")  # fmt: skip
-        if config.n_positions < positions:
-            raise ValueError(f"{cfg.model} has {config.n_positions} positions; {dataset.height}x{dataset.width} "
-                             f"images need {positions}")  # fmt: skip
-        if cfg.objective == "autoregressive" and getattr(config, "bidirectional", False):
-            raise ValueError(f"{cfg.model} is bidirectional (BERT); train it with objective = \"bert\"")
-        _check_palette(cfg.model, dataset.directory)
-        return model.train()
-    fields = dict(cfg.model)
-    preset = PRESETS.get(fields.pop("preset", None) or "", {})
-    for key, value in (("vocab_size", vocab), ("n_positions", positions)):
-        if key in fields and fields[key] != value:
-            raise ValueError(f"model.{key} = {fields[key]} does not fit the data in {dataset.directory} ({key} "
-                             f"{value}); leave it out: it is taken from the data")  # fmt: skip
-    drop = {k: v for k, v in overrides.items() if k.endswith("_pdrop")}
-    config = ImageGPTConfig(**{**preset, **drop, **fields, "vocab_size": vocab, "n_positions": positions,
-                               **{k: v for k, v in overrides.items() if k == "bidirectional"}})  # fmt: skip
-    return ImageGPTForCausalImageModeling(config).train()
-
-
-def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW: decay on parameters with >= 2 dims (matrices, embeddings), none on norms and biases."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
-    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **fused)
-
-
-def bert_mask(pixels: torch.Tensor, prob: float, mask_id: int, generator: torch.Generator) -> tuple[torch.Tensor,
-                                                                                                    torch.Tensor]:
-    """Replace ``round(prob * L)`` (at least 1) random positions of each row by ``mask_id``: (inputs, bool mask)."""
-    b, length = pixels.shape
-    n = max(1, round(prob * length))
-    scores = torch.rand(b, length, generator=generator)  # on the CPU: the same masks on every device
-    mask = torch.zeros(b, length, dtype=torch.bool)
-    mask.scatter_(1, scores.topk(n, dim=1).indices, True)
-    mask = mask.to(pixels.device)
-    return pixels.masked_fill(mask, mask_id), mask
-
-
-def compute_loss(model: torch.nn.Module, ids: torch.Tensor, objective: str, *, mask_prob: float = 0.15,
-                 mask_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """Mean cross-entropy (nats per scored pixel) of a batch ``ids`` (B, 1 + H*W) led by the start token."""
-    if objective == "autoregressive":
-        logits = model(ids[:, :-1], use_cache=False, return_dict=True).logits  # the last pixel is only a target
-        return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-    pixels = ids[:, 1:]
-    inputs, mask = bert_mask(pixels, mask_prob, int(ids[0, 0]) if mask_id is None else mask_id,
-                             generator if generator is not None else torch.Generator())  # fmt: skip
-    logits = model(inputs, use_cache=False, return_dict=True).logits
-    return F.cross_entropy(logits[mask].float(), pixels[mask])  # scored at the masked positions only
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], cfg: TrainConfig, device: torch.device,
-             autocast: Any = contextlib.nullcontext) -> float:  # fmt: skip
-    """Mean loss (nats per scored pixel) over fixed ``batches``; BERT masks are seeded, so equal each time."""
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(cfg.seed)
-    total, count = 0.0, 0
-    for batch in batches:
-        with autocast():
-            loss = compute_loss(model, batch.to(device), cfg.objective, mask_prob=cfg.bert_mask_prob,
-                                generator=generator)  # fmt: skip
-        total, count = total + loss.item() * len(batch), count + len(batch)
-    model.train(was_training)
-    return total / max(count, 1)
-
-
 class _Trainer:
     """State of one run; :func:`train` is the public entry point."""
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo) -> None:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, lock: RunLock | None, stop: _Stop) -> None:
+        self.stop = stop  # set by SIGINT/SIGTERM, from before this constructor runs
         if not cfg.data:
             raise ValueError("no training data: set data = \"DIR\" (a directory written by imagegpt tokenize)")
         self.cfg, self.info, self.device = cfg, info, info.device
@@ -194,10 +97,18 @@ class _Trainer:
         b, n = cfg.batch_size, len(val)
         self.val_batches = [val.get_batch(np.arange(i, min(i + b, n))) for i in range(0, n, b)][: cfg.eval_batches]
         self.pixels = self.train_ds.height * self.train_ds.width
+        if lock is not None:
+            lock.acquire()  # before anything in out_dir is read or written; refuses while another run holds it
+            remove_stale_temp_files(self.out, self.root, self.out / "final")
         resume_from = latest_checkpoint(self.out)
         if resume_from is not None and not cfg.resume:
             raise FileExistsError(f"{self.out} already holds checkpoints ({resume_from.name}); resume with "
                                   "--resume (resume = true) or choose another out_dir")  # fmt: skip
+        state, self.changes = None, {}
+        if resume_from is not None:
+            state = read_state(resume_from)
+            if "config" in state:  # the settings the checkpoint was trained with: only safe ones may change
+                self.changes = resume_changes(json.loads(state["config"]), cfg)
         if cfg.dtype == "bfloat16" and self.device.type != "cuda":
             raise ValueError("dtype bfloat16 (autocast) is used on CUDA only; use dtype = \"float32\" on the CPU")
         use_bf16 = self.device.type == "cuda" and cfg.dtype != "float32"
@@ -214,18 +125,16 @@ class _Trainer:
         self._iter = None
         self.step, self.elapsed_before, self.checkpoint = 0, 0.0, resume_from
         torch.manual_seed(cfg.seed + info.rank)  # dropout streams differ between ranks
-        if resume_from is not None:
-            self._load(resume_from)
+        if state is not None:
+            self._load(resume_from, state)
         forward = torch.compile(self.model) if cfg.compile else self.model
         if info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=ids)
         self.forward = forward
-        self.stop_signal: int | None = None
         self.out_of_time = False
 
-    def _load(self, path: Path) -> None:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    def _load(self, path: Path, state: dict) -> None:
         if state["world_size"] != self.info.world_size:
             raise ValueError(f"{path} was written by {state['world_size']} processes, this run has "
                              f"{self.info.world_size}; resume with the same number")  # fmt: skip
@@ -235,7 +144,15 @@ class _Trainer:
         set_rng_state(state["rng"][self.info.rank], self.device)
         logger.info("resumed from %s at step %d", path, self.step)
 
+    def _diverged(self, step: int, what: str, loss: float = float("nan")) -> TrainingDiverged:
+        self.optimizer.zero_grad(set_to_none=True)
+        return TrainingDiverged(step, what, self.checkpoint, lr=self.cfg.lr, warmup_steps=self.cfg.warmup_steps,
+                                out_dir=self.out, loss=loss)  # fmt: skip
+
     def _save(self) -> None:
+        opt_state = [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        if not all_finite([*self.model.parameters(), *opt_state]):  # never write a non-finite checkpoint
+            raise self._diverged(self.step, "the weights or the optimizer state hold NaN or infinite values")
         rng = all_gather_objects(rng_state(self.device), self.info)  # every rank's dropout stream
         if self.info.is_main:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": rng,
@@ -243,7 +160,16 @@ class _Trainer:
                      "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
                      "lr": lr_at(self.step - 1, self.cfg), "config": json.dumps(self.cfg.to_dict())}  # fmt: skip
             files = [Path(self.cfg.data) / PROCESSOR_FILE]
-            self.checkpoint = write_checkpoint(self.root, self.step, self.model, state, files, self.cfg.keep_last)
+            try:
+                self.checkpoint = write_checkpoint(self.root, self.step, self.model, state, files, self.cfg.keep_last)
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                kept = f"the previous checkpoint {self.checkpoint} is intact" if self.checkpoint else (
+                    "no checkpoint yet")
+                raise DiskFullError(e.errno, f"the disk is full: could not write checkpoint step-{self.step:07d} into "
+                                    f"{self.root} ({e.strerror}); {kept}. Free space (or set keep_last lower), then "
+                                    "resume with --resume") from None  # fmt: skip
             logger.info("saved %s", self.checkpoint)
         if self.info.distributed:
             torch.distributed.barrier()  # nobody runs ahead (or exits) while rank 0 writes
@@ -257,11 +183,9 @@ class _Trainer:
             except StopIteration:
                 self._iter = None
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        self.stop_signal = signum
-        logger.warning("got %s: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
+    @property
+    def stop_signal(self) -> int | None:
+        return self.stop.signum
 
     def _train_step(self) -> tuple[float, bool]:
         cfg = self.cfg
@@ -282,20 +206,43 @@ class _Trainer:
             total += loss.detach() / cfg.grad_accum
         limit = cfg.max_time_minutes
         self.out_of_time = limit is not None and time.perf_counter() - self.start > 60 * limit
-        stats = torch.stack([total.float(), torch.tensor(float(self.stop_signal is not None or self.out_of_time),
-                                                         device=self.device)])  # fmt: skip
-        if self.info.distributed:  # one all-reduce: the mean loss, and whether any rank must stop
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = global_norm(p.grad for p in params).to(self.device)  # NaN/inf when any gradient is
+        flag = torch.tensor(float(self.stop_signal is not None or self.out_of_time), device=self.device)
+        stats = torch.stack([total.float(), flag, grad_norm])
+        if self.info.distributed:  # one all-reduce: the mean loss, whether any rank must stop, finite gradients
             torch.distributed.all_reduce(stats)
-        loss_value, stop = stats[0].item() / self.info.world_size, stats[1].item() > 0
+        loss_value, stop, norm_sum = stats[0].item() / self.info.world_size, stats[1].item() > 0, stats[2].item()
         if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(self.step + 1, loss_value, self.checkpoint)
+            raise self._diverged(self.step + 1, f"the loss is {loss_value}", loss_value)
+        if not math.isfinite(norm_sum):  # checked before optimizer.step: the update is never applied
+            raise self._diverged(self.step + 1, f"the gradient norm is {norm_sum} (the loss was {loss_value:.4f})")
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm)
+        try:
+            self.optimizer.step()
+        except RuntimeError as e:  # AdamW's step size overflows float32 (lr near 3.4e38)
+            if "overflow" not in str(e):
+                raise
+            what = f"the update overflows float32 (lr {lr_at(self.step, cfg):g})"
+            raise self._diverged(self.step + 1, what) from None
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if not math.isfinite(global_norm(self.model.parameters()).item()):  # a finite update can still overflow
+            what = f"the update made weights NaN or infinite (lr {lr_at(self.step - 1, cfg):g})"
+            raise self._diverged(self.step, what, loss_value)
         return loss_value, stop
+
+    def _start_log(self, log_path: Path) -> list[dict]:
+        """The log up to the checkpoint (a partial last line dropped), rewritten atomically; resume changes added."""
+        records = read_log(log_path, upto_step=self.step) if self.step else []
+        if self.changes:
+            changed = {k: {"from": old, "to": new} for k, (old, new) in self.changes.items()}
+            records.append({"step": self.step, "event": "resume", "changed": changed})
+            logger.warning("resuming at step %d with changed settings: %s", self.step, ", ".join(
+                f"{k} {old!r} -> {new!r}" for k, (old, new) in self.changes.items()))  # fmt: skip
+        rewrite_log(log_path, records)
+        return records
 
     def run(self, on_step: Callable[[int, dict], bool | None] | None) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -305,17 +252,9 @@ class _Trainer:
         records: list[dict] = []
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out / "train_config.json")
-            if log_path.is_file() and self.step:  # keep the history up to the checkpoint, drop what came after
-                lines = log_path.read_text(encoding="utf-8").splitlines()
-                records = [r for r in map(json.loads, filter(None, lines)) if r["step"] <= self.step]
-            log_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-            for stale in self.root.glob(".step-*.tmp"):  # left by a crash mid-save
-                shutil.rmtree(stale, ignore_errors=True)
+            cfg.save(self.out / "train_config.json")  # what is on disk now: the checkpoint's model, these settings
+            records = self._start_log(log_path)
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.info.world_size * self.pixels
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
                    disable=not (main and cfg.progress))
         self.start = last_time = time.perf_counter()
@@ -337,8 +276,7 @@ class _Trainer:
                                   elapsed_s=self.elapsed_before + now - self.start)  # fmt: skip
                     last_step_logged, last_time = self.step, now
                     records.append(record)
-                    with open(log_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_log(log_path, record)
                     logger.info("step %d: %s", self.step, record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -352,8 +290,6 @@ class _Trainer:
                     break
         finally:
             bar.close()
-            for s, h in handlers.items():
-                signal.signal(s, h)
         if last_saved != self.step:  # resumed at max_steps: nothing new, but make sure the state is on disk
             self._save()
         elapsed = time.perf_counter() - self.start
@@ -363,6 +299,7 @@ class _Trainer:
             shutil.copy2(Path(cfg.data) / PROCESSOR_FILE, final_dir / PROCESSOR_FILE)
             plot_loss_curve(records, self.out / "loss.png")
         return {"steps": self.step, "steps_this_run": self.step - first_step, "stopped": stopped,
+                "signal": self.stop_signal, "changed": self.changes,
                 "train_loss": loss, "train_bits_per_dim": loss / math.log(2), "val_loss": val,
                 "val_bits_per_dim": val / math.log(2), "elapsed_s": elapsed,
                 "tokens_per_s": tokens_per_step * (self.step - first_step) / max(elapsed, 1e-9),
@@ -371,20 +308,59 @@ class _Trainer:
                 "rank": self.info.rank, "world_size": self.info.world_size}  # fmt: skip
 
 
+class _Stop:
+    """SIGINT/SIGTERM handler of a run: the first signal asks for a checkpoint and a stop after the current step
+    (also when it comes while the run is still starting); a second one stops at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.handlers: dict = {}
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signum = signum
+        logger.warning("got %s: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
+
+    def __enter__(self) -> "_Stop":
+        if threading.current_thread() is threading.main_thread():
+            self.handlers = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self.handlers.items():
+            signal.signal(s, h)
+
+
 def train(cfg: TrainConfig, on_step: Callable[[int, dict], bool | None] | None = None) -> dict[str, Any]:
     """Train (or, with ``cfg.resume``, continue training) as ``cfg`` says; returns a summary dict.
 
     Under torchrun this joins the process group (and leaves it at the end). ``on_step(step, record)`` is called
     after every update with the step's record (loss, lr); returning True stops after a checkpoint, as SIGINT and
-    SIGTERM do. Raises :class:`TrainingDiverged` on a non-finite loss, ValueError / OSError for bad settings or
-    data. Summary keys: steps, stopped ("completed", "signal", "time", "callback"), train_loss, val_loss (nats
-    per pixel), *_bits_per_dim, elapsed_s, tokens_per_s, final_dir, checkpoint, out_dir, num_parameters, rank,
-    world_size.
+    SIGTERM do. Raises :class:`TrainingDiverged` when the loss, gradients or weights become non-finite (nothing
+    non-finite is saved), :class:`~imagegpt.run_dir.RunLocked` when another run holds ``out_dir``,
+    :class:`~imagegpt.run_dir.DiskFullError` when the disk fills up, ValueError / OSError for bad settings or
+    data (a resume that changes a setting other than :data:`~imagegpt.train_config.SAFE_ON_RESUME` included).
+    Summary keys: steps, steps_this_run, stopped ("completed", "signal", "time", "callback"), signal (its number
+    or None), changed (settings a resume changed: {key: (old, new)}), train_loss, val_loss (nats per pixel),
+    *_bits_per_dim, elapsed_s, tokens_per_s, final_dir, checkpoint, out_dir, num_parameters, rank, world_size.
     """
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed(cfg.device)
+    lock = RunLock(cfg.out_dir) if info.is_main else None
+    trainer = None
     try:
-        return _Trainer(cfg, info).run(on_step)
+        with _Stop() as stop:
+            trainer = _Trainer(cfg, info, lock, stop)
+            return trainer.run(on_step)
+    except OSError as e:
+        if not is_disk_full(e) or isinstance(e, DiskFullError):
+            raise
+        last = trainer.checkpoint if trainer is not None else None
+        raise DiskFullError(e.errno, f"the disk is full: writing {e.filename or cfg.out_dir} failed ({e.strerror}); "
+                            f"the last checkpoint {last} is intact. Free space, then resume with --resume") from None
     finally:
+        if lock is not None:
+            lock.release()
         if owns_group:
             teardown()
