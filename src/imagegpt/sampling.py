@@ -324,6 +324,7 @@ def generate(
     cuda_graph: bool | None = None,
     cpu_packed: bool | None = None,
     num_threads: int | None = None,
+    share_prompts: bool = True,
     **kwargs,
 ) -> torch.Tensor:
     """transformers' ``generate`` for ImageGPT: returns (B * num_return_sequences, T + new) token ids.
@@ -332,7 +333,7 @@ def generate(
     sampling); greedy when ``do_sample`` is False. Extra: ``generator`` or ``seed`` for reproducible draws.
     A full 32x32 image is ``max_length=model.config.n_positions + 1`` from the start token alone, as in
     transformers' ImageGPT example. Prompts must be unpadded (``attention_mask``, if given, all ones).
-    ``cuda_graph``, ``cpu_packed``, ``num_threads``: see :func:`iter_tokens`.
+    ``cuda_graph``, ``cpu_packed``, ``num_threads``, ``share_prompts``: see :func:`iter_tokens`.
     """
     ignored = {"pad_token_id", "eos_token_id", "bos_token_id", "use_cache", "output_scores", "return_dict_in_generate"}
     unknown = set(kwargs) - ignored
@@ -365,6 +366,6 @@ def generate(
     steps = iter_tokens(model, input_ids, max_new_tokens, do_sample=do_sample,
                         temperature=1.0 if temperature is None else temperature, top_k=top_k or None,
                         top_p=top_p, generator=generator, cuda_graph=cuda_graph,
-                        cpu_packed=cpu_packed, num_threads=num_threads)  # fmt: skip
+                        cpu_packed=cpu_packed, num_threads=num_threads, share_prompts=share_prompts)  # fmt: skip
     new = list(steps)
     return torch.cat([input_ids.to(device), torch.stack(new, dim=1)], dim=1)
