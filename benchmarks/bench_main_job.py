@@ -209,7 +209,8 @@ def main() -> None:
             with Contention() if condition == "contended" else _null():
                 for rep in range(args.reps):
                     for impl in args.variants if rep % 2 == 0 else args.variants[::-1]:
-                        r = run_child(dict(impl=impl, weights=case["weights"], prompts=case["prompts"], new=case["new"]))
+                        spec = dict(impl=impl, weights=case["weights"], prompts=case["prompts"], new=case["new"])
+                        r = run_child(spec)
                         results[impl].append(r)
                         print(f"  {condition} rep {rep} {impl}: prefill {r['prefill_s']:.2f} s, generate "
                               f"{r['generate_s']:.2f} s", flush=True)  # fmt: skip

@@ -195,5 +195,6 @@ def train_keys_help() -> str:
         text = f"  {f.name} = {value!r}" if isinstance(value, str) and not value.startswith("{") else \
             f"  {f.name} = {value}"  # fmt: skip
         lines.append(f"{text:<40} {comments.get(f.name) or _TRAIN_MEANINGS.get(f.name, '')}".rstrip())
-    lines.append(f"{'  model.KEY = ...':<40} any ImageGPTConfig field (n_embd, n_head, n_layer, activation_function ...)")
+    lines.append(f"{'  model.KEY = ...':<40} any ImageGPTConfig field (n_embd, n_head, n_layer, "
+                 "activation_function ...)")  # fmt: skip
     return "\n".join(lines) + "\n"

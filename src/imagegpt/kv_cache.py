@@ -175,7 +175,9 @@ class SharedPrefixKVCache(KVCache):
     def get_seq_length(self, layer: int = 0) -> int:
         return self.prefix_length + self._lengths[layer]
 
-    def attend(self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    def attend(
+        self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         """Store the new (B, nh, 1, hs) keys/values of ``layer`` and return the attention output (B, nh, 1, hs) of
         the one-token queries ``q`` over the prompt and every generated token so far."""
         if q.shape[2] != 1:
