@@ -116,7 +116,7 @@ def python_results(workdir) -> dict[str, str | None]:
     spec, out = workdir / ".docs-blocks.json", workdir / ".docs-results.json"
     spec.write_text(json.dumps(runnable))
     done = subprocess.run([sys.executable, "-c", RUNNER, str(spec), str(out)], cwd=workdir, env=_env(workdir),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
     if not out.exists():
         pytest.fail(f"the docs' Python process died:\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
@@ -137,7 +137,7 @@ def test_bash_block_runs(block, workdir):
     if block.skip:
         pytest.skip(block.skip)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=workdir, env=_env(workdir),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, f"{block.id} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
 
 
