@@ -165,7 +165,7 @@ def _check_args(args) -> None:
     validate(args)
     if args.command == "train":  # cli_train checks its own settings (TrainConfig)
         return
-    model = args.model if args.command != "init" else None
+    model = getattr(args, "model", None)
     if isinstance(model, str):
         check_model(model)
     if getattr(args, "images", None):
