@@ -77,7 +77,7 @@ def child(args) -> None:
         ids[:, 0] = cfg.vocab_size - 1
         kwargs = dict(do_sample=True, top_k=TOP_K, max_new_tokens=new)
         if args.child == "transformers":
-            kwargs.update(attention_mask=torch.ones_like(ids), pad_token_id=cfg.vocab_size - 1)
+            kwargs.update(attention_mask=torch.ones_like(ids))  # no pad_token_id: the start token is no padding
         sync(args.device)
         t = time.perf_counter()
         out = model.generate(ids, **kwargs)

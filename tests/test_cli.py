@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from imagegpt.cli import main
+from imagegpt.viz import HEADER_HEIGHT
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.png"))
 
@@ -43,7 +44,7 @@ def test_init_info_score_end_to_end(tmp_path, capsys):
     assert all(3.0 < v < 5.5 for v in nats)
     image = np.asarray(Image.open(grid))
     # 4 rows of [original, quantized], 16x16 px upscaled 8x, 2 px padding
-    assert image.shape == (2 + 4 * (128 + 2), 2 + 2 * (128 + 2), 3)
+    assert image.shape == (HEADER_HEIGHT + 2 + 4 * (128 + 2), 2 + 2 * (128 + 2), 3)  # labels above the columns
 
 
 def test_init_refuses_to_overwrite_and_errors_are_one_line(tmp_path, capsys):
@@ -77,14 +78,14 @@ def test_sample_and_complete_write_png_grids(tmp_path, capsys):
     assert main(["complete", *map(str, EXAMPLES[:2]), *args, "--quiet"]) == 0
     tile = 16 * 8 + 2  # 16x16 pixels upscaled 8x, 2-pixel gaps
     with Image.open(out) as grid:
-        assert grid.size == (2 + 5 * tile, 2 + 2 * tile)  # [input, 3 completions, original] x 2 images
+        assert grid.size == (2 + 5 * tile, HEADER_HEIGHT + 2 + 2 * tile)  # [input, 3 completions, original] x 2
         pixels = np.asarray(grid.convert("RGB"))
-    first = pixels[2 : 2 + 128, 2 : 2 + 128]
+    first = pixels[HEADER_HEIGHT + 2 : HEADER_HEIGHT + 2 + 128, 2 : 2 + 128]
     assert (first[5 * 8 :] == 128).all()  # the unknown rows of the input are grayed out
     samples = tmp_path / "samples.png"
     assert main(["sample", "--model", str(model_dir), "--n", "5", "--seed", "1", "--out", str(samples), "--quiet"]) == 0
     with Image.open(samples) as grid:
-        assert grid.size == (2 + 3 * tile, 2 + 2 * tile)  # 5 samples in rows of ceil(sqrt(5)) = 3
+        assert grid.size == (2 + 5 * tile, 2 + tile)  # 5 samples: one row of 5 rather than 3 + 2 with a gap
     assert "wrote" in capsys.readouterr().out
 
 
@@ -93,6 +94,6 @@ def test_sampling_cli_errors_are_one_line(tmp_path, capsys):
     main(["init", "--preset", "tiny", "--out", str(model_dir)])
     capsys.readouterr()
     assert main(["complete", str(EXAMPLES[0]), "--model", str(model_dir), "--rows", "16"]) == 2
-    assert "rows must be an integer in [0, 15]" in capsys.readouterr().err
+    assert "--rows must be in [0, 15]" in capsys.readouterr().err
     assert main(["sample", "--model", str(model_dir), "--dtype", "bfloat16", "--device", "cpu"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err

@@ -102,11 +102,12 @@ def test_cli_complete_defaults_to_the_packaged_model_and_examples(tmp_path, caps
     from PIL import Image
 
     from imagegpt.cli import main
+    from imagegpt.viz import HEADER_HEIGHT
 
     out = tmp_path / "grid.png"
     assert main(["complete", "--samples", "2", "--seed", "0", "--out", str(out), "--quiet"]) == 0
     n = len(packaged_examples())
     with Image.open(out) as grid:
         tile = 32 * 8 + 2  # the default model: 32x32 emoji
-        assert grid.size == (2 + 4 * tile, 2 + n * tile)
+        assert grid.size == (2 + 4 * tile, HEADER_HEIGHT + 2 + n * tile)  # column labels on top
         assert np.asarray(grid).std() > 10  # a picture, not a blank canvas

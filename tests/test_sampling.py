@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY, randomize_
-from imagegpt import ImageGPTForCausalImageModeling, KVCache
+from imagegpt import ImageGPTConfig, ImageGPTForCausalImageModeling, KVCache
 from imagegpt.sampling import (
     _step_fn,
     choose_tokens,
@@ -188,3 +188,70 @@ def test_bad_prompts_and_settings_are_clear_errors():
         generate(model, num_beams=4)
     assert generate(model).shape == (1, 21)  # transformers' default: 20 new tokens
     assert list(iter_tokens(model, torch.tensor([[start]]), 0)) == []
+
+
+def test_repeated_prompts_share_their_cache_and_give_the_same_tokens(transformers, tmp_path):
+    """Prompts repeated in runs (several samples each) decode on one copy of each prompt's cache; greedy tokens
+    stay transformers' and sampled ones those of the unshared cache."""
+    hf, ours = pair(transformers, tmp_path)
+    ids = prompt(ours, 3, 9).repeat_interleave(4, dim=0)  # 3 prompts x 4 samples
+    total = ours.config.n_positions + 1
+    expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_length=total, do_sample=False)
+    assert torch.equal(ours.generate(ids, max_length=total), expected)
+    sampled = [torch.stack(list(iter_tokens(ours, ids, 40, generator=make_generator(1, "cpu"), share_prompts=share)),
+                           dim=1) for share in (True, False)]  # fmt: skip
+    assert torch.equal(sampled[0], sampled[1])
+
+
+def test_shared_cache_is_used_for_repeated_prompts_only(monkeypatch):
+    from imagegpt.kv_cache import SharedPrefixKVCache
+
+    calls = []
+    attend = SharedPrefixKVCache.attend
+    monkeypatch.setattr(SharedPrefixKVCache, "attend", lambda self, *a: calls.append(1) or attend(self, *a))
+    model = ImageGPTForCausalImageModeling(ImageGPTConfig(**TINY)).eval()
+    list(iter_tokens(model, prompt(model, 2, 5), 4))  # two different prompts: nothing to share
+    assert calls == []
+    list(iter_tokens(model, prompt(model, 2, 5).repeat_interleave(3, dim=0), 4))
+    assert len(calls) == 3 * model.config.n_layer  # the three decode steps after the prefill
+
+
+def test_prompt_groups_are_consecutive_runs_of_equal_length():
+    from imagegpt.sampling import prompt_group
+
+    a, b = torch.tensor([[5, 1, 2]]), torch.tensor([[5, 3, 3]])
+    assert prompt_group(torch.cat([a, a, b, b])) == 2
+    assert prompt_group(torch.cat([a, a, a])) == 3
+    assert prompt_group(torch.cat([a, b, a, b])) == 1  # not consecutive
+    assert prompt_group(torch.cat([a, a, b])) == 1  # runs of unequal length
+    assert prompt_group(a) == 1
+
+
+def test_decode_threads_are_scoped_to_the_steps_and_restored():
+    """Small models decode on one thread; the caller's setting holds between tokens and after the loop."""
+    from imagegpt.sampling import decode_threads
+
+    model = ImageGPTForCausalImageModeling(ImageGPTConfig(**TINY)).eval()
+    before = torch.get_num_threads()
+    assert decode_threads(model) == 1
+    seen = []
+    original = model.transformer.decode
+
+    def spy(ids, cache):
+        seen.append(torch.get_num_threads())
+        return original(ids, cache)
+
+    model.transformer.decode = spy
+    try:
+        for _ in iter_tokens(model, prompt(model, 2, 3), 5):
+            assert torch.get_num_threads() == before
+        assert seen == [1] * 5
+        seen.clear()
+        list(iter_tokens(model, prompt(model, 2, 3), 3, num_threads=2))
+        assert seen == [2] * 3
+    finally:
+        del model.transformer.decode
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads"):
+        list(iter_tokens(model, prompt(model, 1, 1), 2, num_threads=0))

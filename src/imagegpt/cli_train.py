@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from imagegpt.cli_checks import train_keys_help
+
 __all__ = ["add_parsers", "COMMANDS", "PIPELINE"]
 
 PIPELINE = """\
@@ -25,7 +27,7 @@ Interrupted (Ctrl-C saves a checkpoint)? Continue with: imagegpt train --data to
 TRAIN_HELP = """\
 settings come from the defaults, then --config FILE.toml, then --data/--out/--resume, then each --set:
   --set lr=1e-3 --set batch_size=16 --set model.n_embd=128 --set objective='"bert"'
-values are TOML (numbers, true/false, [0.9, 0.95]); bare words are strings. Keys: see imagegpt.train_config.
+values are TOML (numbers, true/false, [0.9, 0.95]); bare words are strings.
 --resume continues with the run's own settings (train_config.json); a --set then may change only max_steps,
 the eval/save/log intervals, eval_batches, keep_last, max_time_minutes, device, compile and the learning-rate
 schedule (lr, min_lr, warmup_steps, grad_clip): the change is printed and recorded in log.jsonl.
@@ -67,7 +69,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Train ImageGPT (autoregressive or BERT objective) on the shards written by "
                        "tokenize. Writes log.jsonl, loss.png, checkpoints/ and final/ into --out. Ctrl-C (or "
                        "SIGTERM) finishes the step and saves a checkpoint; --resume continues exactly where it "
-                       "stopped.", epilog=TRAIN_HELP + "\n" + PIPELINE)  # fmt: skip
+                       "stopped.", epilog=TRAIN_HELP + "\n" + train_keys_help() + "\n" + PIPELINE)  # fmt: skip
     s.add_argument("--config", type=Path, help="a TOML file of settings")
     s.add_argument("--data", help="token dataset directory (tokenize --out)")
     s.add_argument("--out", help="run directory (default runs/train)")

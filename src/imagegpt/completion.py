@@ -120,16 +120,18 @@ def sample(
     top_p: float | None = None,
     seed: int | None = None,
     progress: bool = False,
+    num_threads: int | None = None,
 ) -> Samples:
     """``n`` unconditional images, each generated from the start token alone, ``batch_size`` at a time.
 
-    The same ``seed``, batch size and device give the same images.
+    The same ``seed``, batch size and device give the same images. ``num_threads``: see
+    :func:`imagegpt.sampling.iter_tokens`.
     """
     height, width = _image_shape(model, processor)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     prompts = torch.full((n, 1), processor.start_token_id, dtype=torch.long)
-    sampling = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+    sampling = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, num_threads=num_threads)
     ids = _generate_images(model, prompts, height, width, batch_size, seed, progress, "sampling", sampling)
     return Samples(ids=ids, images=processor.decode(ids))
 
@@ -148,10 +150,12 @@ def complete(
     top_p: float | None = None,
     seed: int | None = None,
     progress: bool = False,
+    num_threads: int | None = None,
 ) -> Completion:
     """Keep the top ``rows`` pixel rows of each image (after resizing and quantizing with ``processor``) and let
     the model paint the rest, ``samples`` times per image. ``images``: one or a list of paths, PIL images or
     arrays, anything the processor reads. The same ``seed``, batch size and device give the same completions.
+    The ``samples`` completions of an image share one copy of its prompt's cache (prefilled once).
     """
     height, width = _image_shape(model, processor)
     if not isinstance(rows, int) or not 0 <= rows < height:
@@ -162,7 +166,7 @@ def complete(
     ids = processor(images, return_tensors="pt", add_start_token=True)["input_ids"]  # (N, 1 + H*W)
     n = len(ids)
     prompts = ids[:, : 1 + rows * width].repeat_interleave(samples, dim=0)
-    sampling = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+    sampling = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, num_threads=num_threads)
     out = _generate_images(model, prompts, height, width, batch_size, seed, progress, "completing", sampling)
     originals = processor.decode(ids)
     blanked = originals.copy()

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "SharedPrefixKVCache"]
 
 
 class KVCache:
@@ -149,3 +149,53 @@ class KVCache:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return (self[i] for i in range(len(self)))
+
+
+class SharedPrefixKVCache(KVCache):
+    """Decode-time cache for a batch whose prompts repeat in runs: rows ``g * group .. (g + 1) * group - 1`` all
+    continue the same prompt (``complete(..., samples=S)``, ``num_return_sequences``). The prompt's keys and values
+    are held once per distinct prompt, ``prefix`` (U, nh, P, hs); only the generated tokens' are per row (B, nh,
+    capacity, hs), with B = U * group. Each decode step then reads the prompt's cache once per group instead of
+    once per row, the cost that bounds decoding small models (the cache streams from memory); the prefill runs on
+    the U distinct prompts only. :meth:`attend` is exact attention over [prefix | generated] (one softmax)."""
+
+    def __init__(self, prefix: KVCache, group: int, capacity: int) -> None:
+        super().__init__(len(prefix))
+        self.group = group
+        self.prefix_length = prefix.get_seq_length()
+        self.prefix = [prefix[i] for i in range(len(prefix))]  # (U, nh, P, hs) keys, values per layer
+        u, nh, _, hs = self.prefix[0][0].shape
+        shape = (u * group, nh, capacity, hs)
+        k0 = self.prefix[0][0]
+        for i in range(len(prefix)):
+            self._keys[i] = k0.new_zeros(shape)
+            self._values[i] = k0.new_zeros(shape)
+        self._owned = [True] * len(prefix)
+
+    def get_seq_length(self, layer: int = 0) -> int:
+        return self.prefix_length + self._lengths[layer]
+
+    def attend(
+        self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """Store the new (B, nh, 1, hs) keys/values of ``layer`` and return the attention output (B, nh, 1, hs) of
+        the one-token queries ``q`` over the prompt and every generated token so far."""
+        if q.shape[2] != 1:
+            raise ValueError("SharedPrefixKVCache takes one token per step")
+        k, v = KVCache.update(self, layer, keys, values)  # (B, nh, n, hs): the generated tokens
+        pk, pv = self.prefix[layer]  # (U, nh, P, hs)
+        u, nh, p, hs = pk.shape
+        b, g, n = q.shape[0], self.group, k.shape[2]
+        qg = q.view(u, g, nh, hs).transpose(1, 2)  # (U, nh, G, hs): a group's queries share the prefix keys
+        scores = torch.cat([torch.matmul(qg, pk.transpose(-1, -2)),  # (U, nh, G, P)
+                            torch.matmul(q, k.transpose(-1, -2)).view(u, g, nh, n).transpose(1, 2)],  # (U, nh, G, n)
+                           dim=-1)  # fmt: skip
+        probs = scores.mul_(scale).softmax(dim=-1)  # (U, nh, G, P + n)
+        y = torch.matmul(probs[..., :p], pv).transpose(1, 2).reshape(b, nh, 1, hs)
+        return y.add_(torch.matmul(probs[..., p:].transpose(1, 2).reshape(b, nh, 1, n), v))
+
+    def __getitem__(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self._lengths[layer]
+        pk, pv = (t.repeat_interleave(self.group, dim=0) for t in self.prefix[layer])
+        return (torch.cat([pk, self._keys[layer][:, :, :n]], dim=2),
+                torch.cat([pv, self._values[layer][:, :, :n]], dim=2))  # fmt: skip

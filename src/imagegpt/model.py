@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from imagegpt.checkpoint import PreTrainedMixin
 from imagegpt.config import ImageGPTConfig
-from imagegpt.kv_cache import KVCache
+from imagegpt.kv_cache import KVCache, SharedPrefixKVCache
 from imagegpt.layers import ImageGPTLayerNorm, init_module_weights
 from imagegpt.outputs import BaseModelOutput
 
@@ -120,6 +120,9 @@ class ImageGPTAttention(nn.Module):
             k, v = kv
         else:
             q, k, v = (self._heads(t) for t in self.c_attn(x).split(x.shape[-1], dim=2))
+            if isinstance(cache, SharedPrefixKVCache):  # decode steps of repeated prompts (sampling.py)
+                y = cache.attend(self.layer_idx, q, k, v, self.scale)  # (B, nh, 1, hs)
+                return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(x.shape))), None
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)
         dropout_p = self.attn_pdrop if self.training else 0.0

@@ -20,15 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imagegpt.kv_cache import KVCache
+from imagegpt.kv_cache import KVCache, SharedPrefixKVCache
 
-__all__ = ["filter_logits", "choose_tokens", "iter_tokens", "generate", "make_generator"]
+__all__ = ["filter_logits", "choose_tokens", "iter_tokens", "generate", "make_generator", "decode_threads"]
 
 # Packed oneDNN weights (CPU decode) win for a few rows per step, lose for long prefills, and gain nothing when
 # all weights fit in the CPU's caches (measured: 1.3-1.45x faster steps for imagegpt-small, 300 MB of weights;
 # equal or slower for 25 MB).
 PACKED_MAX_ROWS = 64
 PACKED_MIN_BYTES = 64 * 2**20
+# Models whose linear weights are at most this size decode on one thread: a step is then a few dozen small
+# kernels, and a second OpenMP thread adds synchronisation without work to share; worse, as soon as another
+# process is busy each step waits for the descheduled thread (benchmarks/README.md, "The main job").
+ONE_THREAD_MAX_BYTES = 16 * 2**20
 GENERATE_DEFAULTS = dict(new_tokens=20, top_k=50)  # transformers' generation defaults
 
 
@@ -130,6 +134,8 @@ def iter_tokens(
     generator: torch.Generator | None = None,
     cuda_graph: bool | None = None,
     cpu_packed: bool | None = None,
+    num_threads: int | None = None,
+    share_prompts: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,) on the model's device, ``max_new_tokens`` times.
 
@@ -138,6 +144,10 @@ def iter_tokens(
     ``cuda_graph`` (default: on for CUDA models) replays each decode step as one captured CUDA graph;
     ``cpu_packed`` (default: on for float32 CPU models whose linear weights exceed 64 MiB, where oneDNN is
     present) runs the linear layers on weights repacked for oneDNN (:func:`packed_linears`).
+    ``num_threads`` (CPU): torch's intra-op threads while a step computes, restored before each token is yielded
+    (default :func:`decode_threads`: one for small models, torch's current setting otherwise).
+    ``share_prompts``: when the prompts repeat in consecutive runs of equal length (several samples per prompt),
+    prefill each distinct prompt once and keep its cache once (:class:`~imagegpt.kv_cache.SharedPrefixKVCache`).
     """
     _check_sampling(temperature, top_k, top_p)
     input_ids = check_prompt(model, input_ids, max_new_tokens)
@@ -146,36 +156,88 @@ def iter_tokens(
     cfg, body = model.config, model.transformer
     device, dtype = body.wte.weight.device, body.wte.weight.dtype
     batch, t = input_ids.shape
-    capacity = t + max_new_tokens - 1  # the final token is never fed back
-    cache = KVCache.static(cfg.n_layer, batch, cfg.n_head, cfg.n_embd // cfg.n_head, capacity, dtype=dtype,
-                           device=device)  # fmt: skip
-    if cpu_packed is None:  # it pays only when the weights stream from memory, not from the CPU's caches
-        weight_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear))
-        cpu_packed = device.type == "cpu" and dtype == torch.float32 and onednn_available() and (
-            weight_bytes > PACKED_MIN_BYTES
-        )
-    pick = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    with packed_linears(model, batch) if cpu_packed else contextlib.nullcontext():
-        yield from _decode(model, input_ids, max_new_tokens, cache, cuda_graph, pick)
-
-
-def _decode(model, input_ids: torch.Tensor, max_new_tokens: int, cache: KVCache, cuda_graph: bool | None,
-            pick: dict) -> Iterator[torch.Tensor]:  # fmt: skip
-    device = model.transformer.wte.weight.device
-    step = _step_fn(model)
-    logits = step(input_ids.to(device), cache)  # prefill
-    if not bool(torch.isfinite(logits).all()):  # once per call, not in the decode loop
-        raise ValueError("the model's logits are NaN or infinite: its weights hold NaN or infinite values (a "
-                         "diverged or corrupt checkpoint); load an earlier checkpoint")  # fmt: skip
-    tokens = choose_tokens(logits, **pick)
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
-    if cuda_graph and max_new_tokens > 1:
-        step = _GraphedStep(step, cache, len(input_ids), device)
+    if cpu_packed is None:  # it pays only when the weights stream from memory, not from the CPU's caches
+        cpu_packed = device.type == "cpu" and dtype == torch.float32 and onednn_available() and (
+            _linear_bytes(model) > PACKED_MIN_BYTES
+        )
+    if num_threads is None:
+        num_threads = decode_threads(model) if device.type == "cpu" else None
+    elif num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 (or None: chosen from the model's size), got {num_threads}")
+    group = prompt_group(input_ids) if share_prompts and not cuda_graph and t > 1 and not cfg.add_cross_attention and (
+        model.transformer.attn_implementation != "eager") else 1  # fmt: skip
+    pick = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    with packed_linears(model, batch) if cpu_packed else contextlib.nullcontext():
+        yield from _decode(model, input_ids.to(device), max_new_tokens, cuda_graph, pick, group, num_threads)
+
+
+def decode_threads(model) -> int:
+    """The intra-op thread count :func:`iter_tokens` uses on a CPU by default: 1 when the model's linear weights
+    total at most ``ONE_THREAD_MAX_BYTES`` (16 MiB), else torch's current setting."""
+    return 1 if _linear_bytes(model) <= ONE_THREAD_MAX_BYTES else torch.get_num_threads()
+
+
+def _linear_bytes(model) -> int:
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def prompt_group(input_ids: torch.Tensor) -> int:
+    """G > 1 when the rows of ``input_ids`` (B, T) come in consecutive runs of G identical prompts (B = U * G,
+    as ``repeat_interleave`` makes them), else 1."""
+    b = input_ids.shape[0]
+    first = input_ids[0]
+    g = 1
+    while g < b and torch.equal(input_ids[g], first):
+        g += 1
+    if g == 1 or b % g:
+        return 1
+    runs = input_ids.view(b // g, g, -1)
+    return g if bool((runs == runs[:, :1]).all()) else 1
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block and restored after it (None: unchanged)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _decode(model, input_ids: torch.Tensor, max_new_tokens: int, cuda_graph: bool, pick: dict, group: int,
+            num_threads: int | None) -> Iterator[torch.Tensor]:  # fmt: skip
+    cfg, device = model.config, input_ids.device
+    dtype = model.transformer.wte.weight.dtype
+    batch, t = input_ids.shape
+    head_dim = cfg.n_embd // cfg.n_head
+    capacity = t + max_new_tokens - 1  # the final token is never fed back
+    step = _step_fn(model)
+    with _threads(num_threads):  # the caller's setting holds again whenever a token is handed out
+        if group > 1:  # prefill each distinct prompt once, then decode on a cache that holds it once
+            prefix = KVCache.static(cfg.n_layer, batch // group, cfg.n_head, head_dim, t, dtype=dtype, device=device)
+            logits = step(input_ids[::group], prefix).repeat_interleave(group, dim=0)
+            cache = SharedPrefixKVCache(prefix, group, max(max_new_tokens - 1, 1))
+        else:
+            cache = KVCache.static(cfg.n_layer, batch, cfg.n_head, head_dim, capacity, dtype=dtype, device=device)
+            logits = step(input_ids, cache)
+        if not bool(torch.isfinite(logits).all()):  # once per call, not in the decode loop
+            raise ValueError("the model's logits are NaN or infinite: its weights hold NaN or infinite values (a "
+                             "diverged or corrupt checkpoint); load an earlier checkpoint")  # fmt: skip
+        tokens = choose_tokens(logits, **pick)
+        if cuda_graph and max_new_tokens > 1:
+            step = _GraphedStep(step, cache, batch, device)
     for i in range(max_new_tokens):
         yield tokens
         if i + 1 < max_new_tokens:
-            tokens = choose_tokens(step(tokens[:, None], cache), **pick)
+            with _threads(num_threads):
+                tokens = choose_tokens(step(tokens[:, None], cache), **pick)
 
 
 def onednn_available() -> bool:
@@ -264,6 +326,8 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     cuda_graph: bool | None = None,
     cpu_packed: bool | None = None,
+    num_threads: int | None = None,
+    share_prompts: bool = True,
     **kwargs,
 ) -> torch.Tensor:
     """transformers' ``generate`` for ImageGPT: returns (B * num_return_sequences, T + new) token ids.
@@ -272,7 +336,7 @@ def generate(
     sampling); greedy when ``do_sample`` is False. Extra: ``generator`` or ``seed`` for reproducible draws.
     A full 32x32 image is ``max_length=model.config.n_positions + 1`` from the start token alone, as in
     transformers' ImageGPT example. Prompts must be unpadded (``attention_mask``, if given, all ones).
-    ``cuda_graph``, ``cpu_packed``: see :func:`iter_tokens`.
+    ``cuda_graph``, ``cpu_packed``, ``num_threads``, ``share_prompts``: see :func:`iter_tokens`.
     """
     ignored = {"pad_token_id", "eos_token_id", "bos_token_id", "use_cache", "output_scores", "return_dict_in_generate"}
     unknown = set(kwargs) - ignored
@@ -305,6 +369,6 @@ def generate(
     steps = iter_tokens(model, input_ids, max_new_tokens, do_sample=do_sample,
                         temperature=1.0 if temperature is None else temperature, top_k=top_k or None,
                         top_p=top_p, generator=generator, cuda_graph=cuda_graph,
-                        cpu_packed=cpu_packed)  # fmt: skip
+                        cpu_packed=cpu_packed, num_threads=num_threads, share_prompts=share_prompts)  # fmt: skip
     new = list(steps)
     return torch.cat([input_ids.to(device), torch.stack(new, dim=1)], dim=1)

@@ -15,23 +15,34 @@ from imagegpt.checkpoint import _atomic_write
 __all__ = ["image_grid", "plot_loss_curve", "plot_confusion"]
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 8, pad: int = 2) -> Image.Image:
+def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 8, pad: int = 2,
+               header: Sequence[str] | None = None) -> Image.Image:  # fmt: skip
     """Lay out uint8 (H, W, 3) images in rows on a white background, each upscaled ``scale`` times with
-    nearest-neighbour so that single pixels of a 32x32 image stay visible."""
+    nearest-neighbour so that single pixels of a 32x32 image stay visible. ``header``: a label drawn above each
+    column (what the column shows)."""
     if not rows or not all(rows):
         raise ValueError("image_grid needs at least one non-empty row of images")
     h = max(img.shape[0] for row in rows for img in row) * scale
     w = max(img.shape[1] for row in rows for img in row) * scale
     ncols = max(len(row) for row in rows)
-    canvas = Image.new("RGB", (pad + ncols * (w + pad), pad + len(rows) * (h + pad)), "white")
+    top = HEADER_HEIGHT if header else 0
+    canvas = Image.new("RGB", (pad + ncols * (w + pad), top + pad + len(rows) * (h + pad)), "white")
+    if header:
+        draw = ImageDraw.Draw(canvas)
+        for c, label in enumerate(header[:ncols]):
+            x = pad + c * (w + pad)
+            while label and draw.textlength(label) > w:  # clip to the column
+                label = label[:-1]
+            draw.text((x + (w - draw.textlength(label)) / 2, 3), label, fill="black")
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
             tile = Image.fromarray(np.asarray(img, dtype=np.uint8)).convert("RGB")
             tile = tile.resize((img.shape[1] * scale, img.shape[0] * scale), Image.Resampling.NEAREST)
-            canvas.paste(tile, (pad + c * (w + pad), pad + r * (h + pad)))
+            canvas.paste(tile, (pad + c * (w + pad), top + pad + r * (h + pad)))
     return canvas
 
 
+HEADER_HEIGHT = 16  # pixels above the grid for column labels (Pillow's default font is 11 px high)
 _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44))
 
 
