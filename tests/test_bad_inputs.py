@@ -124,7 +124,7 @@ CASES = {
     "grad_clip nan": (lambda b, t: train_argv(b, t, "--set", "grad_clip=nan"), "grad_clip must be a finite number"),
     "max_time nan": (lambda b, t: train_argv(b, t, "--set", "max_time_minutes=nan"), "max_time_minutes must be a"),
     "set device tpu": (lambda b, t: train_argv(b, t, "--set", "device=tpu"), "device must be auto, cpu, cuda"),
-    "--device tpu": (lambda b, t: train_argv(b, t)[:-2] + ["--device", "tpu"], "device must be auto, cpu, cuda"),
+    "--device tpu": (lambda b, t: train_argv(b, t)[:-2] + ["--device", "tpu"], "not a device here: use auto, cpu, cuda"),
     "model typo": (lambda b, t: train_argv(b, t, "--set", "model.n_layerz=1"), "did you mean 'model.n_layer'"),
     "toml model typo": (lambda b, t: train_argv(b, t, "--config", str(_toml(t, "[model]\nn_layers = 1\n"))),
                         "unknown model setting 'model.n_layers'; did you mean 'model.n_layer'"),

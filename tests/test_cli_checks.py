@@ -75,7 +75,7 @@ def test_score_defaults_to_the_packaged_model_and_its_examples(capsys):
     (["sample", "--threads", "0"], "--threads must be a positive integer"),
     (["complete", "--out", "grid.txt"], "give an image file name ending in .png"),
     (["sample", "--out", "grid"], "give an image file name ending in .png"),
-    (["complete", "--rows", "28"], "--rows must be in [0, 27]"),
+    (["complete", "--rows", "32"], "--rows must be in [0, 31]"),
     (["probe", "--data", "x", "--labels", "y", "--batch-size", "0"], "--batch-size must be a positive integer"),
     (["finetune", "--data", "x", "--labels", "y", "--lr", "0"], "--lr must be > 0"),
     (["finetune", "--data", "x", "--labels", "y", "--device", "tpu"], "not a device here"),
@@ -108,7 +108,7 @@ def test_output_must_be_writable(tmp_path, capsys):
 def test_mistyped_model_lists_the_packaged_names(capsys):
     assert main(["complete", "--model", "fashion-mnst"]) == 2
     err = capsys.readouterr().err
-    assert "packaged: fashion-mnist" in err and "did you mean 'fashion-mnist'" in err
+    assert "packaged: emoji, fashion-mnist" in err and "did you mean 'fashion-mnist'" in err
 
 
 def test_colour_and_non_square_images_get_a_notice(tmp_path, capsys):
@@ -116,19 +116,20 @@ def test_colour_and_non_square_images_get_a_notice(tmp_path, capsys):
     rgb = np.zeros((30, 40, 3), dtype=np.uint8)
     rgb[..., 0] = 200  # red: colour, and 40x30 is not square
     Image.fromarray(rgb).save(photo)
-    assert main(["score", str(photo)]) == 0
+    assert main(["score", "--model", "fashion-mnist", str(photo)]) == 0
     err = capsys.readouterr().err
     assert "notice: photo.png is 40x30: resized to 28x28 (aspect ratio not kept)" in err
     assert "notice: photo.png is in colour and the model's palette is gray" in err
     gray = tmp_path / "gray.png"
     Image.fromarray(np.full((28, 28), 90, dtype=np.uint8)).save(gray)
-    assert main(["score", str(gray)]) == 0
+    assert main(["score", "--model", "fashion-mnist", str(gray)]) == 0
     assert "notice" not in capsys.readouterr().err
 
 
 def test_top_k_above_the_number_of_colors_is_noted(tmp_path, capsys):
     out = tmp_path / "c.png"
-    argv = ["complete", str(packaged_examples()[0]), "--rows", "27", "--samples", "1", "--top-k", "40", "--quiet"]
+    argv = ["complete", str(packaged_examples("fashion-mnist")[0]), "--model", "fashion-mnist", "--rows", "27",
+            "--samples", "1", "--top-k", "40", "--quiet"]  # fmt: skip
     assert main([*argv, "--out", str(out)]) == 0
     assert "--top-k 40 is more than the model's 16 colors" in capsys.readouterr().err
 
@@ -136,10 +137,10 @@ def test_top_k_above_the_number_of_colors_is_noted(tmp_path, capsys):
 def test_a_directory_of_images_expands_and_an_empty_one_is_an_error(tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for p in packaged_examples()[:2]:
+    for p in packaged_examples("fashion-mnist")[:2]:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "notes.txt").write_text("not an image")
-    assert main(["score", str(folder)]) == 0
+    assert main(["score", "--model", "fashion-mnist", str(folder)]) == 0
     assert sum(line.startswith("test-") for line in capsys.readouterr().out.splitlines()) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -151,7 +152,8 @@ def test_completion_grid_labels_its_columns(tmp_path):
     from imagegpt.viz import HEADER_HEIGHT
 
     out = tmp_path / "c.png"
-    argv = ["complete", str(packaged_examples()[0]), "--rows", "27", "--samples", "2", "--quiet", "--out", str(out)]
+    argv = ["complete", str(packaged_examples("fashion-mnist")[0]), "--model", "fashion-mnist", "--rows", "27",
+            "--samples", "2", "--quiet", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     tile = 28 * 8 + 2
     with Image.open(out) as grid:

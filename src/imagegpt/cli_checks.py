@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import os
 import re
+import warnings
 from pathlib import Path
 
 __all__ = ["HelpFormatter", "validate", "check_model", "expand_images", "check_output", "image_notices",
@@ -139,15 +140,20 @@ def image_notices(paths: list[Path], processor, limit: int = 5) -> list[str]:
     gray_model = clusters is not None and bool(np.all(np.ptp(np.asarray(clusters), axis=1) == 0))
     notes: list[str] = []
     for p in paths:
-        with Image.open(p) as im:
-            if im.size != (w, h):
-                kept = "" if im.width * h == im.height * w else " (aspect ratio not kept)"
-                notes.append(f"notice: {p.name} is {im.width}x{im.height}: resized to {w}x{h}{kept}")
-            if gray_model and im.mode not in ("1", "L", "LA", "I", "I;16", "F"):
-                rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
-                if np.abs(rgb - rgb[..., :1]).max() > 8:
-                    notes.append(f"notice: {p.name} is in colour and the model's palette is gray: it is converted "
-                                 f"to the nearest of {len(clusters)} grays")  # fmt: skip
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    if im.size != (w, h):
+                        kept = "" if im.width * h == im.height * w else " (aspect ratio not kept)"
+                        notes.append(f"notice: {p.name} is {im.width}x{im.height}: resized to {w}x{h}{kept}")
+                    if gray_model and im.mode not in ("1", "L", "LA", "I", "I;16", "F"):
+                        rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+                        if np.abs(rgb - rgb[..., :1]).max() > 8:
+                            notes.append(f"notice: {p.name} is in colour and the model's palette is gray: it is "
+                                         f"converted to the nearest of {len(clusters)} grays")  # fmt: skip
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError):
+            continue  # unreadable or too large: reading it for the model says so, in one line
     if len(notes) > limit:
         notes = notes[:limit] + [f"notice: ... and {len(notes) - limit} more like these"]
     return notes
