@@ -19,23 +19,12 @@ from safetensors.torch import load_file
 
 from imagegpt import training
 from imagegpt.checkpoint import CheckpointError
-from imagegpt.data import ArraySource, tokenize
-from imagegpt.palette import grayscale_palette
-from imagegpt.processor import ImageGPTImageProcessor
 from imagegpt.run_dir import DiskFullError, RunLock, RunLocked, read_log
 from imagegpt.train_config import load_config, resume_config
 from imagegpt.training import TrainingDiverged, latest_checkpoint, train
-from test_training import TINY_MODEL, synthetic_images, tiny_cfg
+from test_training import TINY_MODEL, tiny_cfg, tokens  # noqa: F401 (tokens: the shared fixture)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tokens"
-    processor = ImageGPTImageProcessor(clusters=grayscale_palette(16), size={"height": 8, "width": 8})
-    tokenize(ArraySource(synthetic_images()), processor, out, val_fraction=0.25)
-    return out
 
 
 def all_finite_checkpoint(path: Path) -> bool:
