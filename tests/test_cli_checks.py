@@ -124,6 +124,9 @@ def test_colour_and_non_square_images_get_a_notice(tmp_path, capsys):
     Image.fromarray(np.full((28, 28), 90, dtype=np.uint8)).save(gray)
     assert main(["score", "--model", "fashion-mnist", str(gray)]) == 0
     assert "notice" not in capsys.readouterr().err
+    Image.fromarray(np.full((56, 56), 90, dtype=np.uint8)).save(gray)  # a plain rescale: no news
+    assert main(["score", "--model", "fashion-mnist", str(gray)]) == 0
+    assert "notice" not in capsys.readouterr().err
 
 
 def test_top_k_above_the_number_of_colors_is_noted(tmp_path, capsys):

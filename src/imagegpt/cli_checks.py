@@ -144,9 +144,9 @@ def image_notices(paths: list[Path], processor, limit: int = 5) -> list[str]:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(p) as im:
-                    if im.size != (w, h):
-                        kept = "" if im.width * h == im.height * w else " (aspect ratio not kept)"
-                        notes.append(f"notice: {p.name} is {im.width}x{im.height}: resized to {w}x{h}{kept}")
+                    if im.width * h != im.height * w:  # a plain rescale (64x64 -> 32x32) is no news
+                        notes.append(f"notice: {p.name} is {im.width}x{im.height}: resized to {w}x{h} (aspect ratio "
+                                     "not kept)")  # fmt: skip
                     if gray_model and im.mode not in ("1", "L", "LA", "I", "I;16", "F"):
                         rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
                         if np.abs(rgb - rgb[..., :1]).max() > 8:
