@@ -25,7 +25,7 @@ from imagegpt.decoding import Inputs, forward_step, new_cache, stop_flags
 from imagegpt.generation_config import GenerationConfig
 from imagegpt.logits_process import apply_processors, build_processors
 from imagegpt.outputs import GenerateDecoderOnlyOutput
-from imagegpt.sampling import PACKED_MIN_BYTES, _step_fn, iter_tokens, make_generator, onednn_available, packed_linears
+from imagegpt.sampling import _step_fn, iter_tokens, make_generator, packed_linears, use_packed
 
 __all__ = ["generate", "GenerationConfig"]
 
@@ -116,7 +116,7 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
     quick = (s["use_cache"] and run.embeds is None and run.token_types is None and model_kwargs.get("position_ids") is
              None and (run.mask is None or bool((run.mask == 1).all())) and not s["output_hidden_states"]
              and not s["output_attentions"])  # fmt: skip
-    packed = quick and _use_packed(model, cpu_packed)
+    packed = quick and use_packed(model, cpu_packed)
     with packed_linears(model, run.ids.shape[0]) if packed else contextlib.nullcontext():
         return _sample(model, run, new, s, processors, criteria, eos, pad, streamer, generator, quick)
 
@@ -192,17 +192,6 @@ def _fast(model, ids, new, s, streamer, generator, cuda_graph, cpu_packed) -> to
     if streamer is not None:
         streamer.end()
     return torch.cat([ids, torch.stack(tokens, dim=1)], dim=1)
-
-
-def _use_packed(model, cpu_packed: bool | None) -> bool:
-    """As :func:`imagegpt.sampling.iter_tokens`: packed oneDNN weights for float32 CPU models whose linear weights
-    stream from memory (over 64 MiB), unless ``cpu_packed`` says otherwise."""
-    weight = model.get_input_embeddings().weight
-    if cpu_packed is not None:
-        return bool(cpu_packed)
-    weight_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and onednn_available() and (
-        weight_bytes > PACKED_MIN_BYTES)  # fmt: skip
 
 
 def _opt(t: torch.Tensor | None, device) -> torch.Tensor | None:

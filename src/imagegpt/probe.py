@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from imagegpt.checkpoint import _atomic_write
+from imagegpt.atomic import atomic_write as _atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -154,14 +154,11 @@ def iter_tokens(
     if max_new_tokens == 0:
         return
     cfg, body = model.config, model.transformer
-    device, dtype = body.wte.weight.device, body.wte.weight.dtype
+    device = body.wte.weight.device
     batch, t = input_ids.shape
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
-    if cpu_packed is None:  # it pays only when the weights stream from memory, not from the CPU's caches
-        cpu_packed = device.type == "cpu" and dtype == torch.float32 and onednn_available() and (
-            _linear_bytes(model) > PACKED_MIN_BYTES
-        )
+    cpu_packed = use_packed(model, cpu_packed)
     if num_threads is None:
         num_threads = decode_threads(model) if device.type == "cpu" else None
     elif num_threads < 1:
@@ -171,6 +168,18 @@ def iter_tokens(
     pick = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     with packed_linears(model, batch) if cpu_packed else contextlib.nullcontext():
         yield from _decode(model, input_ids.to(device), max_new_tokens, cuda_graph, pick, group, num_threads)
+
+
+def use_packed(model, cpu_packed: bool | None = None) -> bool:
+    """Whether decoding runs on oneDNN-packed weights: ``cpu_packed`` when given, else for float32 CPU models whose
+    linear weights exceed ``PACKED_MIN_BYTES`` (it pays only when the weights stream from memory, not from the
+    CPU's caches) where oneDNN is present."""
+    if cpu_packed is not None:
+        return bool(cpu_packed)
+    weight = model.transformer.wte.weight
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and onednn_available() and (
+        _linear_bytes(model) > PACKED_MIN_BYTES
+    )
 
 
 def decode_threads(model) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imagegpt.checkpoint import _atomic_write
+from imagegpt.atomic import atomic_write as _atomic_write
 
 __all__ = ["image_grid", "plot_loss_curve", "plot_confusion"]
 
