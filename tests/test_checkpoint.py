@@ -243,3 +243,29 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     ImageGPTForCausalImageModeling(tiny_config()).save_pretrained(tmp_path)
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("meta_min_params", [0, 10**12], ids=["meta-build", "direct-build"])
+def test_meta_and_direct_builds_load_the_same_model(saved, monkeypatch, caplog, meta_min_params):
+    # big models are built on the meta device, small ones directly (the meta device's first use costs ~1 s)
+    model, path = saved
+    monkeypatch.setattr("imagegpt.checkpoint.META_BUILD_MIN_PARAMS", meta_min_params)
+    ids = torch.randint(0, model.config.vocab_size - 1, (2, 9))
+    loaded = ImageGPTForCausalImageModeling.from_pretrained(path)
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), rtol=0, atol=0)
+    with caplog.at_level(logging.WARNING):
+        classifier = ImageGPTForImageClassification.from_pretrained(path, num_labels=3)
+    assert classifier.score.weight.device.type == "cpu" and classifier.score.weight.abs().sum() > 0
+    assert "newly initialized" in caplog.text
+
+
+def test_loading_the_bundled_model_skips_the_meta_device_start_up():
+    import subprocess
+    import sys
+
+    code = ("import sys; from imagegpt import ImageGPTForCausalImageModeling; from imagegpt.pretrained import "
+            "packaged_model_dir; ImageGPTForCausalImageModeling.from_pretrained(packaged_model_dir('emoji')); "
+            "print('torch._dynamo' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -148,6 +148,17 @@ def _resolve_dtype(torch_dtype: Any, state: dict[str, torch.Tensor]) -> torch.dt
     return torch_dtype
 
 
+# Models this large are built on the meta device before loading: initializing ~20 M parameters costs about as much
+# as the meta device's one-off start-up (it imports torch._dynamo, ~1 s), and bigger ones much more.
+META_BUILD_MIN_PARAMS = 20_000_000
+
+
+def _approx_params(config: ImageGPTConfig) -> int:
+    """Parameter count of the transformer body (embeddings + blocks), enough to choose how to build it."""
+    e, layers = config.n_embd, config.n_layer
+    return config.vocab_size * e * 2 + config.n_positions * e + layers * (4 * e * e + 2 * e * config.inner_dim)
+
+
 class PreTrainedMixin(ModelHooksMixin):
     """``from_pretrained`` / ``save_pretrained`` shared by the three model classes (other hooks: ModelHooksMixin)."""
 
@@ -199,7 +210,10 @@ class PreTrainedMixin(ModelHooksMixin):
         raw = state_dict if state_dict is not None else load_weights(name_or_path, **hub)
         state = from_hf_state_dict(raw) if state_dict is None or _hf_layout(raw) else dict(raw)
         target_dtype = _resolve_dtype(dtype if dtype is not None else torch_dtype, state)
-        with torch.device("meta"):  # no time spent initializing weights that are about to be replaced
+        if _approx_params(config) >= META_BUILD_MIN_PARAMS:
+            with torch.device("meta"):  # no time spent initializing weights that are about to be replaced
+                model = cls(config)
+        else:  # small models initialize in milliseconds; the meta device's first use imports torch._dynamo (~1 s)
             model = cls(config)
         info = model._load_checkpoint_state(state, strict, ignore_mismatched_sizes, str(name_or_path or "state_dict"))
         if target_dtype is not None:
