@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, randomize_
+from conftest import TINY, randomize_, tiny_config
 from imagegpt import GenerationConfig, ImageGPTForCausalImageModeling, ImageGPTForImageClassification
 
 
@@ -199,3 +199,19 @@ def test_greedy_rejects_several_return_sequences(pair):
         pair[1].generate(prompt(), num_return_sequences=2)
     with pytest.raises(TypeError, match="unsupported argument"):
         pair[1].generate(prompt(), not_an_option=1)
+
+
+def test_fast_path_options_reach_the_sampler(monkeypatch):
+    # generate(..., num_threads=, share_prompts=) are the fast sampler's options (benchmarks/bench_main_job.py's
+    # variants use them): the same seeded tokens whatever they are, and a bad value is the sampler's own error
+    model = randomize_(ImageGPTForCausalImageModeling(tiny_config()))
+    ids = prompt(batch=2).repeat_interleave(2, dim=0)  # repeated prompts: the shared-cache case
+    kwargs = dict(do_sample=True, max_new_tokens=6, seed=5)
+    default = model.eval().generate(ids, **kwargs)
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n, real=torch.set_num_threads: (seen.append(n), real(n)))
+    threads = torch.get_num_threads() + 1  # differs from the current setting, so the sampler has to set it
+    assert torch.equal(model.generate(ids, num_threads=threads, share_prompts=False, **kwargs), default)
+    assert threads in seen and torch.get_num_threads() == threads - 1  # set for the steps, then restored
+    with pytest.raises(ValueError, match="num_threads"):
+        model.generate(ids, num_threads=0, **kwargs)

@@ -36,7 +36,8 @@ _MODEL_INPUTS = {"input_ids", "inputs_embeds", "attention_mask", "token_type_ids
 def generate(model, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
              logits_processor: Sequence[Callable] | None = None, stopping_criteria: Sequence[Callable] | None = None,
              streamer: Any = None, *, generator: torch.Generator | None = None, seed: int | None = None,
-             cuda_graph: bool | None = None, cpu_packed: bool | None = None, **kwargs: Any):  # fmt: skip
+             cuda_graph: bool | None = None, cpu_packed: bool | None = None, num_threads: int | None = None,
+             share_prompts: bool = True, **kwargs: Any):  # fmt: skip
     """transformers' ``generate`` for ImageGPT: token ids (B * num_return_sequences, T + new), or with
     ``return_dict_in_generate=True`` a :class:`~imagegpt.outputs.GenerateDecoderOnlyOutput` (beams:
     ``GenerateBeamDecoderOnlyOutput``).
@@ -44,7 +45,8 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
     Settings come from ``model.generation_config``, then ``generation_config``, then keyword arguments, with
     transformers' defaults (20 tokens in all, ``top_k`` 50 when sampling). Without a prompt, one sequence starts
     from the start token. Ours: ``generator``/``seed`` seed the draws of the fast sampler (which draws differently
-    from transformers' ``torch.multinomial``); ``cuda_graph``/``cpu_packed``: see :func:`imagegpt.sampling.iter_tokens`.
+    from transformers' ``torch.multinomial``); ``cuda_graph``, ``cpu_packed``, ``num_threads``, ``share_prompts`` (the
+    fast sampler's options): see :func:`imagegpt.sampling.iter_tokens`.
     """
     config = (generation_config or getattr(model, "generation_config", None) or GenerationConfig()).copy()
     if generation_config is not None and getattr(model, "generation_config", None) is not None:
@@ -101,8 +103,8 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
              and model_kwargs.get("position_ids") is None and (mask is None or bool((mask == 1).all()))
              and (not s["do_sample"] or generator is not None or seed is not None))  # fmt: skip
     if plain:
-        return _fast(model, ids, new, s, streamer, generator or make_generator(seed, device), cuda_graph,
-                     cpu_packed)  # fmt: skip
+        options = dict(cuda_graph=cuda_graph, cpu_packed=cpu_packed, num_threads=num_threads, share_prompts=share_prompts)
+        return _fast(model, ids, new, s, streamer, generator or make_generator(seed, device), options)
     run = Inputs(ids, None if embeds is None else embeds.to(device), mask,
                  _opt(model_kwargs.get("token_type_ids"), device), _opt(model_kwargs.get("position_ids"), device))
     processors = build_processors(s, ids.shape[1], mask, eos, logits_processor or ())
@@ -175,15 +177,14 @@ def _sample(model, run: Inputs, new: int, s: dict, processors, criteria, eos, pa
     )
 
 
-def _fast(model, ids, new, s, streamer, generator, cuda_graph, cpu_packed) -> torch.Tensor:
+def _fast(model, ids, new, s, streamer, generator, options: dict[str, Any]) -> torch.Tensor:
     """The static-cache sampler of :mod:`imagegpt.sampling` (greedy, or Gumbel-max draws from ``generator``)."""
     if s["num_return_sequences"] > 1:
         ids = ids.repeat_interleave(s["num_return_sequences"], dim=0)
     if streamer is not None:
         streamer.put(ids.cpu())
     steps = iter_tokens(model, ids, new, do_sample=s["do_sample"], temperature=s["temperature"],
-                        top_k=s["top_k"] or None, top_p=s["top_p"], generator=generator, cuda_graph=cuda_graph,
-                        cpu_packed=cpu_packed)  # fmt: skip
+                        top_k=s["top_k"] or None, top_p=s["top_p"], generator=generator, **options)  # fmt: skip
     tokens = []
     for token in steps:
         tokens.append(token)
