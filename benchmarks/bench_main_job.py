@@ -9,8 +9,9 @@ Every measurement is a fresh child process (import, load, one warm-up call, then
 transformers interleaved, in two conditions: quiet (whatever else runs on the machine: say so when you report)
 and contended (this script starts one busy-loop process per core and stops it afterwards). Reported per run:
 prefill seconds (max_new_tokens=1), generation seconds, ms per decode step ((generation - prefill) / (new - 1)),
-the fraction of the compute floor (FLOPs per step / best 2048^3 matmul rate measured here, quiet), and the
-whole `imagegpt complete` command's wall time (ours; start-up included).
+the fractions of the compute floor (FLOPs per step / best 2048^3 matmul rate measured here, quiet) and of the
+memory floor (bytes a step must read: weights and KV cache / one thread's streaming read rate), and the whole
+`imagegpt complete` command's wall time (ours; start-up included).
 
   python benchmarks/bench_main_job.py                        # main job, quiet + contended, 2 reps (~3 minutes)
   python benchmarks/bench_main_job.py --model emoji --reps 3
@@ -161,6 +162,40 @@ def step_flops(config: dict, batch: int, position: float) -> float:
     return 2 * batch * linear + 4 * L * batch * position * e
 
 
+def step_bytes(config: dict, batch: int, groups: int, prompt: int, new: int) -> float:
+    """Bytes one average decode step must read (float32): every linear weight once, plus the keys and values of
+    the cache: the prompt's once per group of rows sharing it (ours), the generated part once per row."""
+    e, L, v = config["n_embd"], config["n_layer"], config["vocab_size"]
+    linear = L * 12 * e * e + e * (v - 1)
+    return 4 * (linear + 2 * L * e * (groups * prompt + batch * new / 2))
+
+
+def stream_rate() -> float:
+    """Bytes per second one thread reads (the sum of a 256 MB float32 tensor, best of 5): the memory floor's rate."""
+    import torch
+
+    x = torch.ones(64 * 2**20)
+    with _one_thread(torch):
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            x.sum()
+            best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+class _one_thread:
+    def __init__(self, torch):
+        self.torch = torch
+
+    def __enter__(self):
+        self.old = self.torch.get_num_threads()
+        self.torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        self.torch.set_num_threads(self.old)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="packaged name or directory (default: the package's DEFAULT_MODEL)")
@@ -189,7 +224,9 @@ def main() -> None:
     peak = matmul_peak("cpu", torch.float32) * 1e9
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} (default threads "
           f"{torch.get_num_threads()}), transformers {transformers.__version__}, float32")  # fmt: skip
-    print(f"matmul peak (2048^3, quiet condition): {peak / 1e9:.0f} GFLOP/s")
+    rate = stream_rate()
+    print(f"matmul peak (2048^3, quiet condition): {peak / 1e9:.0f} GFLOP/s; one-thread read rate "
+          f"(sum of 256 MB): {rate / 1e9:.1f} GB/s")  # fmt: skip
     cases = [] if args.no_main else [main_job(model, args.rows, args.samples)]
     tmp = Path(tempfile.mkdtemp(prefix="bench_main_job_"))
     if args.extra:
@@ -201,8 +238,12 @@ def main() -> None:
         config = json.loads((Path(case["weights"]) / "config.json").read_text())
         batch, t0 = len(case["prompts"]), len(case["prompts"][0])
         flops = step_flops(config, batch, t0 + case["new"] / 2)
+        groups = len({tuple(p) for p in case["prompts"]})
+        nbytes = step_bytes(config, batch, groups, t0, case["new"])
         print(f"\n{case['name']}: batch {batch}, prompt {t0} tokens, {case['new']} new tokens, "
-              f"{config['n_layer']}x{config['n_embd']}, vocab {config['vocab_size']}, float32, cpu", flush=True)
+              f"{config['n_layer']}x{config['n_embd']}, vocab {config['vocab_size']}, float32, cpu; an average step: "
+              f"{flops / 1e6:.0f} MFLOP (compute floor {1e3 * flops / peak:.2f} ms), reads {nbytes / 1e6:.0f} MB "
+              f"(memory floor {1e3 * nbytes / rate:.2f} ms)", flush=True)
         for condition in args.conditions:
             results: dict[str, list[dict]] = {v: [] for v in args.variants}
             cli: list[float] = []
@@ -225,11 +266,12 @@ def main() -> None:
                                  generate_s=gen, generate_median_s=statistics.median(r["generate_s"] for r in rs),
                                  prefill_s=prefill, ms_per_step=1e3 * step,
                                  floor_fraction=flops / peak / step if step > 0 else float("nan"),
+                                 memory_fraction=nbytes / rate / step if step > 0 else float("nan"),
                                  load_s=min(r["load_s"] for r in rs),
                                  cli_wall_s=min(cli) if cli and impl == "ours" else None))  # fmt: skip
     print("\n| case | condition | impl | batch | new tokens | generate s (best / median) | prefill s | ms/step "
-          "| of compute floor | vs transformers | `imagegpt complete` wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| of compute floor | of memory floor | vs transformers | `imagegpt complete` wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((x for x in rows if x["case"] == r["case"] and x["condition"] == r["condition"]
                     and x["impl"] == "transformers"), None)  # fmt: skip
@@ -241,10 +283,10 @@ def main() -> None:
         cli = f"{r['cli_wall_s']:.2f}" if r["cli_wall_s"] else ""
         print(f"| {r['case']} | {r['condition']} | {r['impl']} | {r['batch']} | {r['new']} | {r['generate_s']:.2f} / "
               f"{r['generate_median_s']:.2f} | {r['prefill_s']:.2f} | {r['ms_per_step']:.1f} | "
-              f"{100 * r['floor_fraction']:.0f}% | {ratio} | {cli} |")  # fmt: skip
+              f"{100 * r['floor_fraction']:.0f}% | {100 * r['memory_fraction']:.0f}% | {ratio} | {cli} |")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(cpu=cpu_name(), cores=os.cpu_count(), torch=torch.__version__, transformers=transformers.__version__,
-                matmul_gflops=peak / 1e9, reps=args.reps, model=model)  # fmt: skip
+                matmul_gflops=peak / 1e9, read_gbytes_per_s=rate / 1e9, reps=args.reps, model=model)  # fmt: skip
     args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {args.json}")
 
