@@ -269,3 +269,14 @@ def test_loading_the_bundled_model_skips_the_meta_device_start_up():
             "print('torch._dynamo' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("meta_min_params", [0, 10**12], ids=["meta-build", "direct-build"])
+def test_loading_leaves_the_global_random_state_alone(saved, monkeypatch, meta_min_params):
+    # transformers' examples seed torch, load, then sample: loading must not consume the caller's random numbers
+    monkeypatch.setattr("imagegpt.checkpoint.META_BUILD_MIN_PARAMS", meta_min_params)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ImageGPTForCausalImageModeling.from_pretrained(saved[1])
+    assert torch.equal(torch.rand(3), expected)

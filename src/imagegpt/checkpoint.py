@@ -214,7 +214,8 @@ class PreTrainedMixin(ModelHooksMixin):
             with torch.device("meta"):  # no time spent initializing weights that are about to be replaced
                 model = cls(config)
         else:  # small models initialize in milliseconds; the meta device's first use imports torch._dynamo (~1 s)
-            model = cls(config)
+            with torch.random.fork_rng(devices=[]):  # as on the meta device: the caller's random draws unchanged
+                model = cls(config)
         info = model._load_checkpoint_state(state, strict, ignore_mismatched_sizes, str(name_or_path or "state_dict"))
         if target_dtype is not None:
             model = model.to(target_dtype)
