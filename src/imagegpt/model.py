@@ -225,11 +225,12 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         self.h = nn.ModuleList(ImageGPTBlock(config, i) for i in range(config.n_layer))
         self.ln_f = ImageGPTLayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.attn_implementation = config._attn_implementation or "sdpa"  # or "eager": the reference path
+        config._attn_implementation = self.attn_implementation  # the one in use, as transformers records it
         # The paper's BERT objective trains with bidirectional attention: config "bidirectional": true
         self.causal = not bool(getattr(config, "bidirectional", False))
         self.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))  # transformers' old flag
         self.gradient_checkpointing_kwargs: dict = {"use_reentrant": False}
-        self.init_weights()
+        self.post_init()  # transformers' initialization scheme, every module marked initialized
 
     def forward(
         self,
