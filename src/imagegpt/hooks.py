@@ -28,6 +28,7 @@ class ModelHooksMixin:
     _keep_in_fp32_modules: frozenset[str] = frozenset()
     _keep_in_fp32_modules_strict: frozenset[str] = frozenset()
     _keys_to_ignore_on_load_unexpected = None
+    _keys_to_ignore_on_load_missing = None
     _can_compile_fullgraph = False
     _is_stateful = False  # the cache can be cropped and reordered (transformers checks this before beam search)
     # Attention backends, as transformers' flags mean them: "sdpa" (F.scaled_dot_product_attention, our default)
@@ -127,8 +128,8 @@ class ModelHooksMixin:
         that frozen embeddings (adapters) do not cut the backward pass."""
         kwargs = gradient_checkpointing_kwargs or activation_checkpointing_kwargs
         base = self._base()
-        base.gradient_checkpointing = True
         base.gradient_checkpointing_kwargs = dict(kwargs or {"use_reentrant": False})
+        base.gradient_checkpointing = True  # hands each block its checkpoint function with these kwargs
         if getattr(self, "_require_grads_hook", None) is None:
             self.enable_input_require_grads()
 
