@@ -265,7 +265,9 @@ class PreTrainedMixin(ModelHooksMixin):
             logger.info("checkpoint weights not used by %s: %s", type(self).__name__, ", ".join(head_unexpected))
         fresh = missing + head_missing + mismatched
         if head_missing or (mismatched and ignore_mismatched_sizes):
-            logger.warning("newly initialized (train them before use): %s", ", ".join(head_missing + shapes))
+            reinit = [f"{k}: Reinit due to size mismatch - ckpt: {tuple(state_shapes[k])} vs model: "
+                      f"{tuple(expected[k].shape)}" for k in mismatched]  # transformers' words, for log readers
+            logger.warning("newly initialized (train them before use): %s", ", ".join(head_missing + reinit))
         self.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
         self._materialize(fresh)
         return {"missing_keys": set(missing + head_missing), "unexpected_keys": set(unexpected + head_unexpected),

@@ -33,7 +33,7 @@ class ImageGPTForCausalImageModeling(PreTrainedMixin, nn.Module):
         self.config = config
         self.transformer = ImageGPTModel(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size - 1, bias=False)
-        nn.init.normal_(self.lm_head.weight, std=config.initializer_range)
+        self.post_init()  # initializes the head (the decoder already is)
         self.generation_config = GenerationConfig.from_model_config(config)  # saved as generation_config.json
 
     def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
@@ -102,7 +102,7 @@ class ImageGPTForImageClassification(PreTrainedMixin, nn.Module):
         self.num_labels = config.num_labels
         self.transformer = ImageGPTModel(config)
         self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
-        nn.init.normal_(self.score.weight, std=config.initializer_range)
+        self.post_init()  # initializes the head (the decoder already is)
 
     def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
                 position_ids=None, inputs_embeds=None, labels: torch.Tensor | None = None, use_cache=None,

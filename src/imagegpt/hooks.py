@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from imagegpt.config import ImageGPTConfig
+from imagegpt.layers import init_module_weights
 from imagegpt.layout import from_hf_state_dict, to_hf_state_dict
 
 __all__ = ["ModelHooksMixin"]
@@ -27,8 +28,25 @@ class ModelHooksMixin:
     _keep_in_fp32_modules: frozenset[str] = frozenset()
     _keep_in_fp32_modules_strict: frozenset[str] = frozenset()
     _keys_to_ignore_on_load_unexpected = None
+    _keys_to_ignore_on_load_missing = None
     _can_compile_fullgraph = False
     _is_stateful = False  # the cache can be cropped and reordered (transformers checks this before beam search)
+    # Attention backends, as transformers' flags mean them: "sdpa" (F.scaled_dot_product_attention, our default)
+    # and "eager" (the explicit softmax), switchable at any time; no flash-attention, flex or kernel backends.
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """Whether :meth:`set_attn_implementation` switches the model at any time: yes ("sdpa" or "eager")."""
+        return True
+
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        """Whether a mixture-of-experts implementation can be chosen: no (ImageGPT has no experts)."""
+        return False
 
     @classmethod
     def _from_config(cls, config, **kwargs: Any):
@@ -40,6 +58,17 @@ class ModelHooksMixin:
         if attn is not None:
             model.set_attn_implementation(attn)
         return model.to(dtype) if dtype is not None else model
+
+    def post_init(self) -> None:
+        """transformers' last step of construction: initialise the weights of every module not initialised yet
+        (those a subclass adds after ``super().__init__``), with the model's scheme, and mark them. Modules already
+        initialised, loaded, resized or trained are left as they are, so calling it again changes nothing."""
+        for name, module in self.named_modules():
+            if getattr(module, "_is_hf_initialized", False):
+                continue
+            if next(module.children(), None) is None:  # a leaf: its own weights (containers hold none)
+                init_module_weights(module, self.config, name)
+            module._is_hf_initialized = True
 
     def _base(self):
         return getattr(self, self.base_model_prefix, self)
@@ -99,8 +128,8 @@ class ModelHooksMixin:
         that frozen embeddings (adapters) do not cut the backward pass."""
         kwargs = gradient_checkpointing_kwargs or activation_checkpointing_kwargs
         base = self._base()
-        base.gradient_checkpointing = True
         base.gradient_checkpointing_kwargs = dict(kwargs or {"use_reentrant": False})
+        base.gradient_checkpointing = True  # hands each block its checkpoint function with these kwargs
         if getattr(self, "_require_grads_hook", None) is None:
             self.enable_input_require_grads()
 
@@ -159,10 +188,13 @@ class ModelHooksMixin:
         return base.wte
 
     def set_attn_implementation(self, name: str) -> None:
-        """``"sdpa"`` (default, fused) or ``"eager"`` (the readable reference path, returns weights)."""
+        """``"sdpa"`` (default, fused) or ``"eager"`` (the readable reference path, returns weights); recorded in
+        ``config._attn_implementation`` as transformers does."""
         if name not in ("sdpa", "eager"):
-            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {name!r}")
+            raise ValueError(f'Specified `attn_implementation="{name}"` is not supported: ImageGPT supports '
+                             "'sdpa' and 'eager'")  # fmt: skip
         self._base().attn_implementation = name
+        self.config._attn_implementation = name
 
     @property
     def device(self) -> torch.device:
@@ -178,6 +210,7 @@ def _resized(layer: nn.Module, rows: int, std: float, mean_resizing: bool = True
         old.shape[1], rows, bias=False
     )  # fmt: skip
     new = new.to(device=old.device, dtype=old.dtype)
+    new._is_hf_initialized = True  # post_init must not draw it again
     with torch.no_grad():
         n = min(rows, old.shape[0])
         new.weight[:n] = old[:n]

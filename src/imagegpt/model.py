@@ -13,6 +13,7 @@ is used when attention weights are requested, when ``model.attn_implementation =
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +161,14 @@ class ImageGPTMLP(nn.Module):
 
 
 class ImageGPTBlock(nn.Module):
-    """Pre-norm block: x + attn(ln_1(x)) [+ crossattention(ln_cross_attn(x))] then x + mlp(ln_2(x))."""
+    """Pre-norm block: x + attn(ln_1(x)) [+ crossattention(ln_cross_attn(x))] then x + mlp(ln_2(x)).
+
+    Gradient checkpointing follows transformers' ``GradientCheckpointingLayer``: the model sets
+    ``gradient_checkpointing`` and ``_gradient_checkpointing_func`` on each block, and the block checkpoints its
+    ``forward`` (not ``__call__``), so module hooks run once per step, outside the recomputation."""
+
+    gradient_checkpointing = False
+    _gradient_checkpointing_func = None
 
     def __init__(self, config: ImageGPTConfig, layer_idx: int) -> None:
         super().__init__()
@@ -172,7 +180,12 @@ class ImageGPTBlock(nn.Module):
             self.ln_cross_attn = ImageGPTLayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.mlp = ImageGPTMLP(config)
 
-    def forward(self, x, mask, is_causal, cache, eager, enc=None, enc_mask=None):
+    def forward(self, *args):
+        if self.gradient_checkpointing and self.training:
+            return self._gradient_checkpointing_func(self._layer, *args)
+        return self._layer(*args)
+
+    def _layer(self, x, mask, is_causal, cache, eager, enc=None, enc_mask=None):
         a, weights = self.attn(self.ln_1(x), mask, is_causal, cache, eager)
         x = x + a
         cross_weights = None
@@ -225,11 +238,24 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
         self.h = nn.ModuleList(ImageGPTBlock(config, i) for i in range(config.n_layer))
         self.ln_f = ImageGPTLayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.attn_implementation = config._attn_implementation or "sdpa"  # or "eager": the reference path
+        config._attn_implementation = self.attn_implementation  # the one in use, as transformers records it
         # The paper's BERT objective trains with bidirectional attention: config "bidirectional": true
         self.causal = not bool(getattr(config, "bidirectional", False))
-        self.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))  # transformers' old flag
         self.gradient_checkpointing_kwargs: dict = {"use_reentrant": False}
-        self.init_weights()
+        self.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))  # transformers' old flag
+        self.post_init()  # transformers' initialization scheme, every module marked initialized
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the blocks recompute their activations in the backward pass (set with the kwargs in place)."""
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        self._gradient_checkpointing = bool(on)
+        for block in self.h:
+            block.gradient_checkpointing = bool(on)
+            block._gradient_checkpointing_func = partial(checkpoint, **self.gradient_checkpointing_kwargs)
 
     def forward(
         self,
@@ -277,10 +303,7 @@ class ImageGPTModel(PreTrainedMixin, nn.Module):
             if output_hidden_states:
                 hidden.append(x)
             args = (x, mask, past == 0 and self.causal, cache, eager, enc, enc_mask)
-            if self.gradient_checkpointing and self.training:
-                x, w, cw = checkpoint(block, *args, **self.gradient_checkpointing_kwargs)
-            else:
-                x, w, cw = block(*args)
+            x, w, cw = block(*args)  # checkpointed inside when gradient_checkpointing is on (training)
             if output_attentions:
                 attentions.append(w)
                 if enc is not None:
