@@ -1,8 +1,8 @@
 """Checkpoints in transformers' layout: ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``).
 
-The mapping between transformers' state dict and ours is one small table: the names are the same, and the four
-projections that transformers stores as GPT-2 ``Conv1D`` (weight shaped (in, out)) are transposed to and from our
-``nn.Linear`` (out, in). Files are written atomically (temporary name, then rename), and loading never unpickles
+Our state dict is transformers' (same names, GPT-2 ``Conv1D`` projections with weight (in, out)), so tensors go
+to and from files as they are; state dicts of the old ``nn.Linear`` layout are recognised and converted
+(:mod:`imagegpt.layout`). Files are written atomically (temporary name, then rename), and loading never unpickles
 code (safetensors, or ``torch.load(weights_only=True)``).
 """
 
@@ -23,7 +23,7 @@ from imagegpt.config import ImageGPTConfig
 from imagegpt.generation_config import GENERATION_CONFIG_NAME, GenerationConfig
 from imagegpt.hub import resolve_file
 from imagegpt.hooks import ModelHooksMixin
-from imagegpt.layout import CONV1D_WEIGHT, from_hf_state_dict, to_hf_state_dict
+from imagegpt.layout import from_hf_state_dict, from_linear_layout, to_hf_state_dict
 from imagegpt.layers import init_module_weights
 
 logger = logging.getLogger(__name__)
@@ -52,17 +52,6 @@ WEIGHT_FILES = (
 class CheckpointError(ValueError, RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the model. A ValueError, and a RuntimeError as the size
     mismatches transformers (and torch's ``load_state_dict``) raise."""
-
-
-def _hf_layout(state: dict[str, torch.Tensor]) -> bool:
-    """Whether a state dict given in memory has transformers' Conv1D layout (c_attn/c_fc weights (in, out)) rather
-    than ours: told by the first non-square projection weight (c_attn is (n_embd, 3 n_embd) there)."""
-    for key, value in state.items():
-        if CONV1D_WEIGHT.search(key) and value.dim() == 2 and value.shape[0] != value.shape[1]:
-            return key.endswith(("c_attn.weight", "q_attn.weight")) and value.shape[1] > value.shape[0] or (
-                key.endswith("c_fc.weight") and value.shape[0] < value.shape[1]) or (
-                key.endswith("c_proj.weight") and value.shape[0] > value.shape[1])  # fmt: skip
-    return True
 
 
 class _Writer:
@@ -192,8 +181,8 @@ class PreTrainedMixin(ModelHooksMixin):
         ``strict=False`` turns that into a warning (missing ones are initialized), and
         ``ignore_mismatched_sizes=True`` re-initializes mis-shaped ones.
 
-        As transformers: ``name_or_path=None`` with ``config=`` and ``state_dict=`` (ours or transformers' layout)
-        builds the model from those; ``output_loading_info=True`` also returns ``{"missing_keys",
+        As transformers: ``name_or_path=None`` with ``config=`` and ``state_dict=`` (ours, which is transformers',
+        or our old ``nn.Linear`` layout) builds the model from those; ``output_loading_info=True`` also returns ``{"missing_keys",
         "unexpected_keys", "mismatched_keys", "error_msgs"}``; ``attn_implementation`` is "sdpa" or "eager".
         """
         name_or_path = pretrained_model_name_or_path
@@ -207,8 +196,7 @@ class PreTrainedMixin(ModelHooksMixin):
             config = ImageGPTConfig.from_pretrained(name_or_path, **hub, **config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
-        raw = state_dict if state_dict is not None else load_weights(name_or_path, **hub)
-        state = from_hf_state_dict(raw) if state_dict is None or _hf_layout(raw) else dict(raw)
+        state = from_hf_state_dict(state_dict if state_dict is not None else load_weights(name_or_path, **hub))
         target_dtype = _resolve_dtype(dtype if dtype is not None else torch_dtype, state)
         if _approx_params(config) >= META_BUILD_MIN_PARAMS:
             with torch.device("meta"):  # no time spent initializing weights that are about to be replaced
@@ -238,6 +226,9 @@ class PreTrainedMixin(ModelHooksMixin):
             state = {(k if k.startswith(HEAD_KEYS) else PREFIX + k): v for k, v in state.items()}
         elif not has_prefix:  # the bare model: drop the prefix and any task head
             state = {k.removeprefix(PREFIX): v for k, v in state.items() if not k.startswith(HEAD_KEYS)}
+        state, converted = from_linear_layout(state, {k: v.shape for k, v in expected.items()})
+        if converted:
+            logger.info("%s holds projection weights in the old nn.Linear layout (out, in): transposed", source)
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
         mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]

@@ -10,7 +10,7 @@ from torch import nn
 
 from imagegpt.config import ImageGPTConfig
 from imagegpt.layers import init_module_weights
-from imagegpt.layout import from_hf_state_dict, to_hf_state_dict
+from imagegpt.layout import from_hf_state_dict, from_linear_layout, to_hf_state_dict
 
 __all__ = ["ModelHooksMixin"]
 
@@ -149,14 +149,17 @@ class ModelHooksMixin:
 
     # --- transformers' weight layout -------------------------------------------------------------------------
     def state_dict_hf(self) -> dict[str, torch.Tensor]:
-        """The state dict in transformers' layout (Conv1D weights (in, out)): ``hf_model.load_state_dict(ours
-        .state_dict_hf())`` works. Ours keeps ``nn.Linear`` (out, in) in memory (README, "Where we differ")."""
+        """Deprecated: ``state_dict()`` itself is in transformers' layout now (``hf_model.load_state_dict(ours
+        .state_dict())`` works); this returns it, contiguous."""
         return to_hf_state_dict(self.state_dict())
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False, hf_layout: bool = False):
-        """``nn.Module.load_state_dict``; ``hf_layout=True`` takes a transformers state dict (``hf.state_dict()``)."""
-        if hf_layout:
-            state_dict = from_hf_state_dict(state_dict)
+        """``nn.Module.load_state_dict``: takes ``state_dict()`` of ours or of transformers' model (the same
+        layout), and state dicts saved from ours before the projections were Conv1D (``nn.Linear`` (out, in):
+        recognised by their shapes and transposed, :mod:`imagegpt.layout`). ``hf_layout`` is kept for old code
+        and changes nothing."""
+        expected = {k: v.shape for k, v in self.state_dict(keep_vars=True).items()}
+        state_dict, _ = from_linear_layout(from_hf_state_dict(state_dict), expected)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- sizes and settings ---------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Differences from GPT-2 (Chen et al., 2020): the layer norm does not center (x / sqrt(mean(x^2) + eps) * weight),
 the MLP uses quick_gelu, input and output embeddings are untied, and the LM head has vocab_size - 1 outputs (the
-start token is never predicted). Parameter names and forward arguments follow transformers' ImageGPT classes;
-linear layers are ``nn.Linear`` here, and :mod:`imagegpt.checkpoint` transposes transformers' Conv1D weights.
+start token is never predicted). Parameter names, shapes and forward arguments follow transformers' ImageGPT classes:
+the projections are GPT-2's :class:`~imagegpt.layers.Conv1D` (weight (in, out)), so state dicts load both ways.
 
 The task heads live in :mod:`imagegpt.heads`. One forward path serves training, scoring and cached decoding.
 Attention runs through ``F.scaled_dot_product_attention``; the explicit softmax path (:func:`reference_attention`)
@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from imagegpt.checkpoint import PreTrainedMixin
 from imagegpt.config import ImageGPTConfig
 from imagegpt.kv_cache import KVCache, SharedPrefixKVCache
-from imagegpt.layers import ImageGPTLayerNorm, init_module_weights
+from imagegpt.layers import Conv1D, ImageGPTLayerNorm, init_module_weights
 from imagegpt.outputs import BaseModelOutput
 
 __all__ = ["ImageGPTLayerNorm", "ImageGPTModel", "reference_attention", "init_module_weights"]
@@ -86,11 +86,11 @@ class ImageGPTAttention(nn.Module):
         self.n_head, self.head_dim, self.layer_idx = config.n_head, e // config.n_head, layer_idx
         self.is_cross_attention = is_cross_attention
         if is_cross_attention:
-            self.c_attn = nn.Linear(e, 2 * e)  # keys, values of the encoder states
-            self.q_attn = nn.Linear(e, e)
+            self.c_attn = Conv1D(2 * e, e)  # keys, values of the encoder states
+            self.q_attn = Conv1D(e, e)
         else:
-            self.c_attn = nn.Linear(e, 3 * e)  # fused queries, keys, values
-        self.c_proj = nn.Linear(e, e)
+            self.c_attn = Conv1D(3 * e, e)  # fused queries, keys, values
+        self.c_proj = Conv1D(e, e)
         self.scale = (self.head_dim**-0.5 if config.scale_attn_weights else 1.0) / (
             layer_idx + 1 if config.scale_attn_by_inverse_layer_idx else 1
         )
@@ -146,8 +146,8 @@ class ImageGPTAttention(nn.Module):
 class ImageGPTMLP(nn.Module):
     def __init__(self, config: ImageGPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.inner_dim)
-        self.c_proj = nn.Linear(config.inner_dim, config.n_embd)
+        self.c_fc = Conv1D(config.inner_dim, config.n_embd)
+        self.c_proj = Conv1D(config.n_embd, config.inner_dim)
         self.act = _ACT[config.activation_function]
         self.dropout = nn.Dropout(config.resid_pdrop)
 

@@ -17,10 +17,10 @@ import functools
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from imagegpt.kv_cache import KVCache, SharedPrefixKVCache
+from imagegpt.layers import Conv1D
 
 __all__ = ["filter_logits", "choose_tokens", "iter_tokens", "generate", "make_generator", "decode_threads"]
 
@@ -191,8 +191,13 @@ def decode_threads(model) -> int:
     return 1 if _linear_bytes(model) <= ONE_THREAD_MAX_BYTES else torch.get_num_threads()
 
 
+def _linears(model) -> list[nn.Module]:
+    """The model's linear layers: the Conv1D projections and the nn.Linear heads."""
+    return [m for m in model.modules() if isinstance(m, (Conv1D, nn.Linear))]
+
+
 def _linear_bytes(model) -> int:
-    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear))
+    return sum(m.weight.numel() * m.weight.element_size() for m in _linears(model))
 
 
 def prompt_group(input_ids: torch.Tensor) -> int:
@@ -264,11 +269,11 @@ def packed_linears(model, batch: int) -> Iterator[None]:
     (a blocked layout sized for ``batch`` rows), float32, CPU, inference only. Decoding feeds a few rows per step
     and is bound by streaming the weights: this layout made imagegpt-small's decode steps 1.3-1.45x faster than MKL's
     sgemm on row-major weights (benchmarks/README.md). The extra copy lives only inside the ``with`` block."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        packed = [torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch) for m in linears]
+    linears = _linears(model)
+    with torch.no_grad():  # oneDNN packs from nn.Linear's (out, in); a Conv1D's (in, out) weight is transposed once
+        packed = [torch.ops.mkldnn._reorder_linear_weight(_out_in(m.weight.detach(), m), batch) for m in linears]
     for module, weight in zip(linears, packed):
-        module.forward = functools.partial(_packed_forward, module, weight)  # shadows nn.Linear.forward
+        module.forward = functools.partial(_packed_forward, module, weight)  # shadows the class's forward
     try:
         yield
     finally:
@@ -276,9 +281,14 @@ def packed_linears(model, batch: int) -> Iterator[None]:
             del module.forward
 
 
-def _packed_forward(module: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _out_in(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """A linear layer's weight as (out, in), contiguous."""
+    return weight.t().contiguous() if isinstance(module, Conv1D) else weight
+
+
+def _packed_forward(module: nn.Module, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.numel() > PACKED_MAX_ROWS * x.shape[-1]:  # a prefill: MKL's sgemm is faster on many rows
-        return F.linear(x, module.weight, module.bias)
+        return type(module).forward(module, x)
     return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
 
 

@@ -58,6 +58,7 @@ from imagegpt.data import BatchIterator, TokenDataset
 from imagegpt.distributed import DistInfo, all_gather_objects, init_distributed, teardown
 from imagegpt.divergence import TrainingDiverged, all_finite, global_norm
 from imagegpt.heads import ImageGPTForCausalImageModeling
+from imagegpt.layout import WEIGHT_LAYOUT, optimizer_state_from_linear_layout
 from imagegpt.run_dir import (DiskFullError, RunLock, append_log, is_disk_full, read_log, remove_stale_temp_files,
                               rewrite_log)  # fmt: skip
 from imagegpt.train_checkpoint import latest_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
@@ -138,7 +139,13 @@ class _Trainer:
         if state["world_size"] != self.info.world_size:
             raise ValueError(f"{path} was written by {state['world_size']} processes, this run has "
                              f"{self.info.world_size}; resume with the same number")  # fmt: skip
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        if state.get("weight_layout") != WEIGHT_LAYOUT:  # written while the projections were nn.Linear (out, in)
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            index = {i: names[id(p)] for saved, group in zip(optimizer["param_groups"], self.optimizer.param_groups)
+                     for i, p in zip(saved["params"], group["params"])}  # fmt: skip
+            optimizer = optimizer_state_from_linear_layout(optimizer, index)
+        self.optimizer.load_state_dict(optimizer)
         self.batches.load_state_dict(state["batches"])
         self.step, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
         set_rng_state(state["rng"][self.info.rank], self.device)
@@ -158,7 +165,8 @@ class _Trainer:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": rng,
                      "batches": self.batches.state_dict(), "world_size": self.info.world_size,
                      "elapsed_s": self.elapsed_before + time.perf_counter() - self.start,
-                     "lr": lr_at(self.step - 1, self.cfg), "config": json.dumps(self.cfg.to_dict())}  # fmt: skip
+                     "lr": lr_at(self.step - 1, self.cfg), "config": json.dumps(self.cfg.to_dict()),
+                     "weight_layout": WEIGHT_LAYOUT}  # fmt: skip
             files = [Path(self.cfg.data) / PROCESSOR_FILE]
             try:
                 self.checkpoint = write_checkpoint(self.root, self.step, self.model, state, files, self.cfg.keep_last)
