@@ -19,6 +19,7 @@ from imagegpt import (
     ImageGPTModel,
 )
 from imagegpt.checkpoint import atomic_write_text
+from imagegpt.layout import CONV1D_WEIGHT
 
 
 @pytest.fixture
@@ -280,3 +281,44 @@ def test_loading_leaves_the_global_random_state_alone(saved, monkeypatch, meta_m
     torch.manual_seed(0)
     ImageGPTForCausalImageModeling.from_pretrained(saved[1])
     assert torch.equal(torch.rand(3), expected)
+
+
+def _old_linear_layout(state: dict) -> dict:
+    """A state dict as ours held it until the projections became Conv1D: nn.Linear weights (out, in)."""
+    return {k: v.t().contiguous() if CONV1D_WEIGHT.search(k) else v.clone() for k, v in state.items()}
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_state_dicts_of_the_old_linear_layout_still_load(cross):
+    """The square projections (the attention's c_proj, q_attn) are transposed with the dict's non-square ones."""
+    model = randomize_(ImageGPTForCausalImageModeling(tiny_config(add_cross_attention=cross))).eval()
+    old = _old_linear_layout(model.state_dict())
+    assert old["transformer.h.0.attn.c_attn.weight"].shape == (96, 32)
+    ids = torch.randint(0, 17, (2, 9))
+    enc = {"encoder_hidden_states": torch.randn(2, 3, 32)} if cross else {}
+    with torch.no_grad():
+        expected = model(ids, **enc).logits
+        fresh = ImageGPTForCausalImageModeling(tiny_config(add_cross_attention=cross)).eval()
+        fresh.load_state_dict(old)  # strict
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+        torch.testing.assert_close(fresh(ids, **enc).logits, expected, atol=0, rtol=0)
+        built = ImageGPTForCausalImageModeling.from_pretrained(None, config=model.config, state_dict=old)
+        torch.testing.assert_close(built(ids, **enc).logits, expected, atol=0, rtol=0)
+        base = ImageGPTModel.from_pretrained(None, config=model.config, state_dict=old)  # prefix dropped first
+        assert torch.equal(base.h[1].attn.c_proj.weight, model.transformer.h[1].attn.c_proj.weight)
+
+
+def test_layout_is_decided_for_the_whole_state_dict():
+    model = randomize_(ImageGPTForCausalImageModeling(tiny_config())).eval()
+    state = model.state_dict()
+    square = "transformer.h.0.attn.c_proj.weight"
+    # no non-square projection to tell the layout: taken as it is (transformers')
+    fresh = ImageGPTForCausalImageModeling(tiny_config())
+    fresh.load_state_dict({square: state[square]}, strict=False)
+    assert torch.equal(fresh.transformer.h[0].attn.c_proj.weight, state[square])
+    # a mix of both layouts is no layout: the transposed weights are reported as mis-shaped
+    mixed = dict(state, **{"transformer.h.0.mlp.c_fc.weight": state["transformer.h.0.mlp.c_fc.weight"].t()})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        fresh.load_state_dict(mixed)
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        ImageGPTForCausalImageModeling.from_pretrained(None, config=model.config, state_dict=mixed)

@@ -1,5 +1,5 @@
 """Drop-in behaviour for transformers users, ours vs theirs: dict-like outputs, training hooks, loading options,
-config and processor details, Auto classes, the transformers weight layout one argument away."""
+config and processor details, Auto classes, state dicts that load both ways as they are."""
 
 from __future__ import annotations
 
@@ -81,16 +81,36 @@ def test_from_pretrained_state_dict_loading_info_and_size_errors(transformers, t
         imagegpt.ImageGPTForCausalImageModeling.from_pretrained(tmp_path, n_positions=32)
 
 
-def test_hf_weight_layout_one_argument_away(transformers, tmp_path):
-    hf, ours = models(transformers, tmp_path)
-    fresh_hf = transformers.ImageGPTForCausalImageModeling(hf.config).eval()
-    fresh_hf.load_state_dict(ours.state_dict_hf())
-    fresh = imagegpt.ImageGPTForCausalImageModeling(ours.config).eval()
-    fresh.load_state_dict(hf.state_dict(), hf_layout=True)
-    ids = torch.randint(0, 16, (1, 6))
+@pytest.mark.parametrize("cls_name", CLASSES)
+@pytest.mark.parametrize("cross", [False, True])
+def test_state_dicts_load_both_ways_as_they_are(transformers, tmp_path, cls_name, cross):
+    """Issue 14: the projections are Conv1D (weight (in, out)) in memory as in transformers, so plain strict
+    load_state_dict works in both directions and code reading c_attn.weight sees transformers' shape."""
+    extra = {"add_cross_attention": True} if cross else {}
+    cfg = transformers.ImageGPTConfig(**{**TINY, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **extra})
+    hf = randomize_(getattr(transformers, cls_name)(cfg).eval(), seed=1)
+    ours = randomize_(getattr(imagegpt, cls_name)(imagegpt.ImageGPTConfig(**cfg.to_dict())).eval(), seed=2)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in hf.state_dict().items()}
+    ours_before = {k: v.clone() for k, v in ours.state_dict().items()}
+    ours.load_state_dict(hf.state_dict())  # strict
+    fresh_hf = getattr(transformers, cls_name)(cfg).eval()
+    fresh_hf.load_state_dict(ours.state_dict())  # strict, theirs from ours
+    kwargs = {"input_ids": torch.randint(0, 16, (2, 6))}
+    if cross and cls_name != "ImageGPTForImageClassification":  # which takes no encoder states (as theirs)
+        kwargs.update(encoder_hidden_states=torch.randn(2, 3, TINY["n_embd"]), use_cache=False)  # theirs fails with a cache
     with torch.no_grad():
-        torch.testing.assert_close(fresh_hf(ids).logits, hf(ids).logits)
-        torch.testing.assert_close(fresh(ids).logits, hf(ids).logits, atol=1e-5, rtol=1e-5)
+        expected = hf(**kwargs)[0]
+        torch.testing.assert_close(ours(**kwargs)[0], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fresh_hf(**kwargs)[0], expected, atol=0, rtol=0)
+        ours.load_state_dict(ours_before)  # and back: ours differs from theirs again
+        assert not torch.allclose(ours(**kwargs)[0], expected, atol=1e-3)
+    base = ours.transformer if hasattr(ours, "transformer") else ours
+    hf_base = hf.transformer if hasattr(hf, "transformer") else hf
+    assert base.h[0].attn.c_attn.weight.shape == hf_base.h[0].attn.c_attn.weight.shape == (32, 96)
+    assert base.h[0].mlp.c_fc.weight.shape == (32, 128) and base.h[0].mlp.c_proj.weight.shape == (128, 32)
+    # the deprecated spellings still work
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in ours.state_dict_hf().items())
+    ours.load_state_dict(hf.state_dict(), hf_layout=True)
 
 
 def test_config_details_as_transformers(transformers):

@@ -100,14 +100,22 @@ def test_packed_cpu_linears_give_the_same_logits_and_are_removed_after():
     seq = prompt(model, 3, 20)  # 60 rows: under PACKED_MAX_ROWS, so the packed weights are used
     with torch.inference_mode():
         expected = model(seq).logits
+        long = prompt(model, 3, 30)  # 90 rows: a prefill, on the layers' own forward
+        expected_long = model(long).logits
         with packed_linears(model, 3):
-            assert "forward" in vars(model.lm_head)
-            got = model(seq).logits
+            patched = [name for name, m in model.named_modules() if "forward" in vars(m)]
+            got, got_long = model(seq).logits, model(long).logits
         assert not any("forward" in vars(m) for m in model.modules())
+    # every projection (Conv1D, weight (in, out), packed from its transpose) and the LM head (nn.Linear)
+    assert sorted(patched) == sorted([f"transformer.h.{i}.{p}" for i in range(2) for p in PROJECTIONS] + ["lm_head"])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(got_long, expected_long, atol=0, rtol=0)
     ids = prompt(model, 2, 3)
     packed = generate(model, ids, max_length=65, cpu_packed=True)
     assert torch.equal(packed, generate(model, ids, max_length=65, cpu_packed=False))
+
+
+PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 def _config(**overrides):
