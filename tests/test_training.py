@@ -259,3 +259,31 @@ def test_cli_pipeline(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     assert "fit-palette" in capsys.readouterr().out
+
+
+def test_resume_from_a_checkpoint_of_the_old_linear_layout(tokens, tmp_path):
+    """Training states written while the projections were nn.Linear hold Adam's moments (out, in) and no
+    "weight_layout" entry: resuming transposes them, and the run continues exactly."""
+    from imagegpt.layout import CONV1D_WEIGHT
+    from imagegpt.train_checkpoint import STATE_FILE
+
+    train(tiny_cfg(tokens, tmp_path / "a", save_interval=100))
+    cfg = tiny_cfg(tokens, tmp_path / "b", save_interval=100)
+    train(cfg, on_step=lambda step, record: step == 4)
+    path = latest_checkpoint(tmp_path / "b") / STATE_FILE
+    state = torch.load(path, weights_only=True)
+    assert state.pop("weight_layout") == "conv1d"
+    model = ImageGPTForCausalImageModeling.from_pretrained(path.parent)
+    names = [n for n, p in model.named_parameters() if p.dim() >= 2] + [n for n, p in model.named_parameters()
+                                                                        if p.dim() < 2]  # the optimizer's order
+    moved = 0
+    for index, entry in state["optimizer"]["state"].items():
+        if CONV1D_WEIGHT.search(names[index]):
+            entry["exp_avg"], entry["exp_avg_sq"] = entry["exp_avg"].t().clone(), entry["exp_avg_sq"].t().clone()
+            moved += 1
+    assert moved == 8  # c_attn, c_proj, c_fc, mlp c_proj of two layers (the attention c_proj is square)
+    torch.save(state, path)
+    cfg.resume = True
+    train(cfg)
+    a, b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
+    np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=0, atol=1e-6)
