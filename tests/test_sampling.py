@@ -263,3 +263,30 @@ def test_decode_threads_are_scoped_to_the_steps_and_restored():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="num_threads"):
         list(iter_tokens(model, prompt(model, 1, 1), 2, num_threads=0))
+
+
+def test_decode_weights_transposed_projections_for_several_rows():
+    """Unpacked CPU decoding of several rows runs the Conv1D projections on (out, in) copies (faster in MKL's sgemm
+    for a few rows); one row, cpu_packed=False (a model shared between threads) and packing leave them alone."""
+    from imagegpt.layers import Conv1D
+    from imagegpt.sampling import decode_weights
+
+    model = randomize_(ImageGPTForCausalImageModeling(_config()).eval())
+    seq = prompt(model, 3, 20)
+
+    def patched():
+        return sorted(name for name, m in model.named_modules() if "forward" in vars(m))
+
+    with torch.inference_mode():
+        expected = model(seq).logits
+        with decode_weights(model, 3, None):
+            assert patched() == sorted(f"transformer.h.{i}.{p}" for i in range(2) for p in PROJECTIONS)
+            assert all(isinstance(model.get_submodule(name), Conv1D) for name in patched())
+            got = model(seq).logits
+        assert patched() == []
+        for batch, cpu_packed in ((1, None), (3, False)):
+            with decode_weights(model, batch, cpu_packed):
+                assert patched() == []
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    ids = prompt(model, 2, 3)
+    assert torch.equal(generate(model, ids, max_length=40), generate(model, ids, max_length=40, cpu_packed=False))

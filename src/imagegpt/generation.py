@@ -25,7 +25,7 @@ from imagegpt.decoding import Inputs, forward_step, new_cache, stop_flags
 from imagegpt.generation_config import GenerationConfig
 from imagegpt.logits_process import apply_processors, build_processors
 from imagegpt.outputs import GenerateDecoderOnlyOutput
-from imagegpt.sampling import _step_fn, iter_tokens, make_generator, packed_linears, use_packed
+from imagegpt.sampling import _step_fn, decode_weights, iter_tokens, make_generator
 
 __all__ = ["generate", "GenerationConfig"]
 
@@ -118,8 +118,7 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
     quick = (s["use_cache"] and run.embeds is None and run.token_types is None and model_kwargs.get("position_ids") is
              None and (run.mask is None or bool((run.mask == 1).all())) and not s["output_hidden_states"]
              and not s["output_attentions"])  # fmt: skip
-    packed = quick and use_packed(model, cpu_packed)
-    with packed_linears(model, run.ids.shape[0]) if packed else contextlib.nullcontext():
+    with decode_weights(model, run.ids.shape[0], cpu_packed) if quick else contextlib.nullcontext():
         return _sample(model, run, new, s, processors, criteria, eos, pad, streamer, generator, quick)
 
 

@@ -22,7 +22,8 @@ from torch import nn
 from imagegpt.kv_cache import KVCache, SharedPrefixKVCache
 from imagegpt.layers import Conv1D
 
-__all__ = ["filter_logits", "choose_tokens", "iter_tokens", "generate", "make_generator", "decode_threads"]
+__all__ = ["filter_logits", "choose_tokens", "iter_tokens", "generate", "make_generator", "decode_threads",
+           "decode_weights"]
 
 # Packed oneDNN weights (CPU decode) win for a few rows per step, lose for long prefills, and gain nothing when
 # all weights fit in the CPU's caches (measured: 1.3-1.45x faster steps for imagegpt-small, 300 MB of weights;
@@ -146,7 +147,9 @@ def iter_tokens(
     usually led by the start token. The start token is never produced (the LM head has no output for it).
     ``cuda_graph`` (default: on for CUDA models) replays each decode step as one captured CUDA graph;
     ``cpu_packed`` (default: on for float32 CPU models whose linear weights exceed 64 MiB, where oneDNN is
-    present) runs the linear layers on weights repacked for oneDNN (:func:`packed_linears`).
+    present) runs the linear layers on weights repacked for oneDNN (:func:`packed_linears`); otherwise steps of
+    several rows run the Conv1D projections on (out, in) copies, unless ``cpu_packed=False``
+    (:func:`decode_weights`).
     ``num_threads`` (CPU): torch's intra-op threads while a step computes, restored before each token is yielded
     (default :func:`decode_threads`: one for small models, torch's current setting otherwise).
     ``share_prompts``: when the prompts repeat in consecutive runs of equal length (several samples per prompt),
@@ -161,7 +164,6 @@ def iter_tokens(
     batch, t = input_ids.shape
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
-    cpu_packed = use_packed(model, cpu_packed)
     if num_threads is None:
         num_threads = decode_threads(model) if device.type == "cpu" else None
     elif num_threads < 1:
@@ -169,7 +171,7 @@ def iter_tokens(
     group = prompt_group(input_ids) if share_prompts and not cuda_graph and t > 1 and not cfg.add_cross_attention and (
         model.transformer.attn_implementation != "eager") else 1  # fmt: skip
     pick = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    with packed_linears(model, batch) if cpu_packed else contextlib.nullcontext():
+    with decode_weights(model, batch, cpu_packed):
         yield from _decode(model, input_ids.to(device), max_new_tokens, cuda_graph, pick, group, num_threads)
 
 
@@ -261,6 +263,45 @@ def onednn_available() -> bool:
     """Whether this torch build has oneDNN's packed-weight linear (x86 CPU builds do)."""
     ops = getattr(torch.ops, "mkldnn", None)
     return torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+
+
+@contextlib.contextmanager
+def decode_weights(model, batch: int, cpu_packed: bool | None = None) -> Iterator[None]:
+    """The weights CPU decode steps of ``batch`` rows run on inside the block: oneDNN-packed copies of every
+    linear layer when :func:`use_packed` says so (:func:`packed_linears`); else, for ``batch`` > 1 unless
+    ``cpu_packed=False`` (which leaves the model untouched, e.g. shared between threads), (out, in) copies of the
+    Conv1D projections (:func:`transposed_projections`); else the model's own. Nothing changes off the CPU."""
+    on_cpu = model.transformer.wte.weight.device.type == "cpu"
+    if use_packed(model, cpu_packed):
+        context = packed_linears(model, batch)
+    elif cpu_packed is None and batch > 1 and on_cpu:
+        context = transposed_projections(model)
+    else:
+        context = contextlib.nullcontext()
+    with context:
+        yield
+
+
+@contextlib.contextmanager
+def transposed_projections(model) -> Iterator[None]:
+    """While active, the Conv1D projections (weight (in, out), transformers' layout) run on (out, in) copies, as
+    ``nn.Linear``: MKL's sgemm is 8-15% faster on that layout for a few rows of a 512-wide model (decode steps of
+    4-16 rows; 1 row is faster on (in, out), so single rows keep it: benchmarks/README.md). CPU, inference only;
+    the copies live only inside the ``with`` block."""
+    projections = [m for m in model.modules() if isinstance(m, Conv1D)]
+    with torch.no_grad():
+        copies = [m.weight.detach().t().contiguous() for m in projections]
+    for module, weight in zip(projections, copies):
+        module.forward = functools.partial(_linear_forward, module, weight)  # shadows Conv1D.forward
+    try:
+        yield
+    finally:
+        for module in projections:
+            del module.forward
+
+
+def _linear_forward(module: Conv1D, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x, weight, module.bias)
 
 
 @contextlib.contextmanager
