@@ -64,9 +64,9 @@ class _AutoModel:
 
     @classmethod
     def _model_class(cls):
-        import imagegpt
+        from imagegpt import heads, model  # imported when used (torch); neither imports this module
 
-        return getattr(imagegpt, cls._class_name)
+        return getattr(heads, cls._class_name, None) or getattr(model, cls._class_name)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
