@@ -97,7 +97,8 @@ def test_state_dicts_load_both_ways_as_they_are(transformers, tmp_path, cls_name
     fresh_hf.load_state_dict(ours.state_dict())  # strict, theirs from ours
     kwargs = {"input_ids": torch.randint(0, 16, (2, 6))}
     if cross and cls_name != "ImageGPTForImageClassification":  # which takes no encoder states (as theirs)
-        kwargs.update(encoder_hidden_states=torch.randn(2, 3, TINY["n_embd"]), use_cache=False)  # theirs fails with a cache
+        enc = torch.randn(2, 3, TINY["n_embd"])
+        kwargs.update(encoder_hidden_states=enc, use_cache=False)  # theirs fails on cross-attention with a cache
     with torch.no_grad():
         expected = hf(**kwargs)[0]
         torch.testing.assert_close(ours(**kwargs)[0], expected, atol=1e-5, rtol=1e-5)

@@ -182,8 +182,9 @@ class PreTrainedMixin(ModelHooksMixin):
         ``ignore_mismatched_sizes=True`` re-initializes mis-shaped ones.
 
         As transformers: ``name_or_path=None`` with ``config=`` and ``state_dict=`` (ours, which is transformers',
-        or our old ``nn.Linear`` layout) builds the model from those; ``output_loading_info=True`` also returns ``{"missing_keys",
-        "unexpected_keys", "mismatched_keys", "error_msgs"}``; ``attn_implementation`` is "sdpa" or "eager".
+        or our old ``nn.Linear`` layout) builds the model from those; ``output_loading_info=True`` also returns
+        ``{"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}``; ``attn_implementation`` is
+        "sdpa" or "eager".
         """
         name_or_path = pretrained_model_name_or_path
         if torch.empty(0).device.type == "meta":

@@ -5,9 +5,10 @@ read, converted here. Weight files were always written in transformers' layout.
 
 Which layout an old state dict has is decided for the dict as a whole: c_attn is never square ((n_embd,
 3 n_embd) against (3 n_embd, n_embd)), so the non-square projections of the dict, compared with the model's own
-shapes, tell it; the square ones (the attention c_proj, q_attn) follow them. A dict without any non-square
-projection (a partial one) is taken as it is. Training states carry a ``weight_layout`` entry since the change;
-one without it is in the old layout.
+shapes, tell it: when every one of them has the transposed shape, all projections of the dict are transposed,
+the square ones (the attention c_proj, q_attn) included. A dict without any non-square projection (a partial
+one), or with some not transposed, is taken as it is (strict loading then reports what does not fit).
+Training states carry a ``weight_layout`` entry since the change; one without it is in the old layout.
 """
 
 from __future__ import annotations
@@ -51,16 +52,16 @@ def from_linear_layout(state_dict: Mapping[str, torch.Tensor],
     """``state_dict`` with its projection weights transposed when it is in the old ``nn.Linear`` layout, decided
     against the model's parameter shapes ``expected`` (module docstring); returns (state dict, converted)."""
     state = dict(state_dict)
-    linear = conv1d = 0
+    linear = other = 0
     for key, value in state.items():
         shape = expected.get(key)
         if shape is None or not CONV1D_WEIGHT.search(key) or value.dim() != 2 or shape[0] == shape[1]:
             continue
-        if value.shape == shape:
-            conv1d += 1
-        elif value.shape == shape[::-1]:
+        if tuple(value.shape) == tuple(shape)[::-1]:
             linear += 1
-    if not linear or conv1d:  # transformers' layout, no evidence, or a mix that strict loading will report
+        else:  # transformers' layout, or a model of other sizes
+            other += 1
+    if not linear or other:  # no evidence, or a mix that strict loading will report
         return state, False
     for key, value in state.items():
         if CONV1D_WEIGHT.search(key) and value.dim() == 2:
