@@ -151,7 +151,7 @@ def random_case(shape: str, batch: int, directory: Path, prompt: int, new: int) 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, c["vocab_size"] - 1, (batch, prompt), generator=g)
     ids[:, 0] = c["vocab_size"] - 1
-    return dict(name=f"{shape} ({c['n_layer']}x{c['n_embd']}) random weights", weights=str(directory),
+    return dict(name=f"{shape} ({c['n_layer']}x{c['n_embd']}) random weights, batch {batch}", weights=str(directory),
                 prompts=ids.tolist(), new=new)  # fmt: skip
 
 
