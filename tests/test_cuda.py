@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,20 @@ def test_cuda_half_precision_sampling(dtype):
     result = complete(model, proc, [image, image], rows=3, samples=2, seed=0, top_p=0.9)
     kept = proc(image, return_tensors="np")["input_ids"][0, :24]
     assert result.ids.shape == (2, 2, 64) and (result.ids[:, :, :24] == kept).all() and (result.ids < 16).all()
+
+
+def test_cuda_finetune_steps_in_bfloat16_autocast(tmp_path):
+    from imagegpt.finetune import FinetuneConfig, finetune
+    from imagegpt.palette import grayscale_palette
+    from imagegpt.processor import ImageGPTImageProcessor
+
+    path = tmp_path / "pretrained"
+    imagegpt.ImageGPTForCausalImageModeling(tiny_config()).save_pretrained(path)
+    ImageGPTImageProcessor(clusters=grayscale_palette(16), size={"height": 8, "width": 8}).save_pretrained(path)
+    ids = np.concatenate([np.full((32, 1), 16), np.random.default_rng(0).integers(0, 16, (32, 64))], axis=1)
+    labels = np.arange(32) % 2
+    cfg = FinetuneConfig(max_steps=4, eval_interval=2, augment=False, gen_weight=0.5, dtype="bfloat16",
+                         device="cuda", progress=False)  # fmt: skip
+    result = finetune(path, (ids, labels, None), (ids, labels), tmp_path / "ft", cfg)
+    assert result["steps"] == 4 and np.isfinite([h["loss"] for h in result["history"]]).all()
+    assert (tmp_path / "ft" / "best" / "config.json").exists()

@@ -161,6 +161,11 @@ def test_bad_inputs_give_clear_errors(pretrained, tmp_path):
         finetune(path, (big, labels, None), (big, labels), tmp_path, FinetuneConfig(augment=False, progress=False))
     with pytest.raises(ValueError, match="batch_size"):
         FinetuneConfig(batch_size=0)
+    with pytest.raises(ValueError, match="dtype must be"):
+        FinetuneConfig(dtype="float16")
+    with pytest.raises(ValueError, match="bfloat16 .* CUDA only"):
+        finetune(path, (ids, labels, images), (ids, labels), tmp_path,
+                 FinetuneConfig(dtype="bfloat16", device="cpu", progress=False))  # fmt: skip
     bert = tmp_path / "bert"
     ImageGPTForCausalImageModeling(tiny_config(bidirectional=True)).save_pretrained(bert)
     processor.save_pretrained(bert)

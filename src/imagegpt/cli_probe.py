@@ -98,6 +98,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(default 5; 0 = never stop early)")  # fmt: skip
     f.add_argument("--max-minutes", type=float, help="stop (keeping the best model) after this much time")
     f.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda when available)")
+    f.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="autocast of the training steps (default auto: bfloat16 on CUDA, float32 on the CPU)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory (default "
                    "runs/finetune)")  # fmt: skip
@@ -182,7 +184,7 @@ def _finetune(args) -> int:
                          warmup_steps=args.warmup, weight_decay=args.weight_decay, gen_weight=args.gen_weight,
                          probe_init=args.probe_init, augment=not args.no_augment, dropout=args.dropout,
                          eval_interval=args.eval_interval, patience=args.patience,
-                         max_time_minutes=args.max_minutes, seed=args.seed, device=args.device,
+                         max_time_minutes=args.max_minutes, seed=args.seed, device=args.device, dtype=args.dtype,
                          progress=not args.quiet)  # fmt: skip
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
     ids, y, images = load_labeled(args.data, args.labels, processor, args.limit, keep_images=not args.no_augment)

@@ -64,9 +64,12 @@ class FinetuneConfig:
     max_time_minutes: float | None = None
     seed: int = 0
     device: str = "auto"
+    dtype: str = "auto"  # autocast of the training forward: auto = bfloat16 on CUDA, float32 elsewhere
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         for name in ("batch_size", "max_steps", "eval_interval", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -215,6 +218,9 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
     if len(names) != n_labels:
         raise ValueError(f"{len(names)} label names for {n_labels} classes")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    if cfg.dtype == "bfloat16" and device.type != "cuda":
+        raise ValueError('dtype bfloat16 (autocast) is used on CUDA only; use dtype "float32" on the CPU')
+    use_bf16 = device.type == "cuda" and cfg.dtype != "float32"
     torch.manual_seed(cfg.seed)
     overrides: dict[str, Any] = {"num_labels": n_labels, "id2label": dict(enumerate(names)),
                                  "label2id": {n: i for i, n in enumerate(names)}}  # fmt: skip
@@ -282,8 +288,9 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
             batch = torch.as_tensor(ids[idx], dtype=torch.long)
         for group in opt.param_groups:
             group["lr"] = lr_at(step - 1, cfg)  # lr_at reads lr, min_lr, warmup_steps, max_steps only
-        loss, clf, gen = joint_loss(model, lm_head, batch.to(device),
-                                    torch.as_tensor(labels[idx], device=device), cfg.gen_weight)  # fmt: skip
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):  # weights stay float32
+            loss, clf, gen = joint_loss(model, lm_head, batch.to(device),
+                                        torch.as_tensor(labels[idx], device=device), cfg.gen_weight)  # fmt: skip
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr})")
         opt.zero_grad(set_to_none=True)
