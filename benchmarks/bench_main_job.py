@@ -155,45 +155,37 @@ def random_case(shape: str, batch: int, directory: Path, prompt: int, new: int) 
                 prompts=ids.tolist(), new=new)  # fmt: skip
 
 
+def linear_params(config: dict) -> int:
+    """Weights of the linear layers: per block 12 e^2 (qkv 3, out 1, MLP 8), plus the LM head's e (vocab - 1)."""
+    e = config["n_embd"]
+    return config["n_layer"] * 12 * e * e + e * (config["vocab_size"] - 1)
+
+
 def step_flops(config: dict, batch: int, position: float) -> float:
     """FLOPs of one decode step at ``position``: every linear weight once per row, plus QK and AV over the cache."""
-    e, L, v = config["n_embd"], config["n_layer"], config["vocab_size"]
-    linear = L * 12 * e * e + e * (v - 1)
-    return 2 * batch * linear + 4 * L * batch * position * e
+    return 2 * batch * linear_params(config) + 4 * config["n_layer"] * batch * position * config["n_embd"]
 
 
 def step_bytes(config: dict, batch: int, groups: int, prompt: int, new: int) -> float:
     """Bytes one average decode step must read (float32): every linear weight once, plus the keys and values of
     the cache: the prompt's once per group of rows sharing it (ours), the generated part once per row."""
-    e, L, v = config["n_embd"], config["n_layer"], config["vocab_size"]
-    linear = L * 12 * e * e + e * (v - 1)
-    return 4 * (linear + 2 * L * e * (groups * prompt + batch * new / 2))
+    return 4 * (linear_params(config) + 2 * config["n_layer"] * config["n_embd"] * (groups * prompt + batch * new / 2))
 
 
 def stream_rate() -> float:
     """Bytes per second one thread reads (the sum of a 256 MB float32 tensor, best of 5): the memory floor's rate."""
     import torch
 
-    x = torch.ones(64 * 2**20)
-    with _one_thread(torch):
-        best = float("inf")
+    x, threads, best = torch.ones(64 * 2**20), torch.get_num_threads(), float("inf")
+    torch.set_num_threads(1)
+    try:
         for _ in range(5):
             t = time.perf_counter()
             x.sum()
             best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
     return x.numel() * 4 / best
-
-
-class _one_thread:
-    def __init__(self, torch):
-        self.torch = torch
-
-    def __enter__(self):
-        self.old = self.torch.get_num_threads()
-        self.torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        self.torch.set_num_threads(self.old)
 
 
 def main() -> None:

@@ -103,7 +103,8 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
              and model_kwargs.get("position_ids") is None and (mask is None or bool((mask == 1).all()))
              and (not s["do_sample"] or generator is not None or seed is not None))  # fmt: skip
     if plain:
-        options = dict(cuda_graph=cuda_graph, cpu_packed=cpu_packed, num_threads=num_threads, share_prompts=share_prompts)
+        options = dict(cuda_graph=cuda_graph, cpu_packed=cpu_packed, num_threads=num_threads,
+                       share_prompts=share_prompts)
         return _fast(model, ids, new, s, streamer, generator or make_generator(seed, device), options)
     run = Inputs(ids, None if embeds is None else embeds.to(device), mask,
                  _opt(model_kwargs.get("token_type_ids"), device), _opt(model_kwargs.get("position_ids"), device))

@@ -290,14 +290,9 @@ def transposed_projections(model) -> Iterator[None]:
     the copies live only inside the ``with`` block."""
     projections = [m for m in model.modules() if isinstance(m, Conv1D)]
     with torch.no_grad():
-        copies = [m.weight.detach().t().contiguous() for m in projections]
-    for module, weight in zip(projections, copies):
-        module.forward = functools.partial(_linear_forward, module, weight)  # shadows Conv1D.forward
-    try:
+        copies = [_out_in(m.weight.detach(), m) for m in projections]
+    with _shadowed_forwards(projections, copies, _linear_forward):
         yield
-    finally:
-        for module in projections:
-            del module.forward
 
 
 def _linear_forward(module: Conv1D, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -313,12 +308,20 @@ def packed_linears(model, batch: int) -> Iterator[None]:
     linears = _linears(model)
     with torch.no_grad():  # oneDNN packs from nn.Linear's (out, in); a Conv1D's (in, out) weight is transposed once
         packed = [torch.ops.mkldnn._reorder_linear_weight(_out_in(m.weight.detach(), m), batch) for m in linears]
-    for module, weight in zip(linears, packed):
-        module.forward = functools.partial(_packed_forward, module, weight)  # shadows the class's forward
+    with _shadowed_forwards(linears, packed, _packed_forward):
+        yield
+
+
+@contextlib.contextmanager
+def _shadowed_forwards(modules: list[nn.Module], weights: list[torch.Tensor], forward: Callable) -> Iterator[None]:
+    """While active, each module computes ``forward(module, weight, x)`` with its own copy ``weight`` (an instance
+    attribute shadows the class's ``forward``; removing it restores the class's)."""
+    for module, weight in zip(modules, weights):
+        module.forward = functools.partial(forward, module, weight)
     try:
         yield
     finally:
-        for module in linears:
+        for module in modules:
             del module.forward
 
 
