@@ -46,6 +46,20 @@ def test_features_are_pooled_hidden_states(cls):
         extract_features(model, ids[:, 1:])
 
 
+def test_bert_features_see_every_pixel_unmasked():
+    """A bidirectional (BERT) model was trained on the H*W pixels with the start id as its [MASK]: its features
+    come from ids[:, 1:], never from a sequence that opens with a [MASK] and drops the last pixel."""
+    model = ImageGPTModel(tiny_config(bidirectional=True)).eval()
+    ids = _ids(3, 17)
+    feats = extract_features(model, ids)
+    with torch.no_grad():
+        hidden = model(ids[:, 1:], output_hidden_states=True).hidden_states
+        causal_window = model(ids[:, :-1], output_hidden_states=True).hidden_states
+    for k, x in feats.items():
+        np.testing.assert_allclose(x, hidden[k].mean(dim=1).numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(feats[2], causal_window[2].mean(dim=1).numpy(), atol=1e-4)
+
+
 def test_feature_cache_hits_and_misses(tmp_path):
     model = ImageGPTForCausalImageModeling(tiny_config()).eval()
     ids, cache = _ids(4, 17), tmp_path / "f.npz"
@@ -98,6 +112,22 @@ def test_probe_layers_rows_and_baseline():
         probe_layers(train, y, test, ty, concat=[0, 5])
 
 
+def test_probe_of_averaged_layers_is_the_mean_of_their_features():
+    x, y = _separable(200, 0)
+    tx, ty = _separable(100, 1)
+    rng = np.random.default_rng(3)
+    # layer 1 holds the signal, layer 2 the same signal plus noise: their mean keeps it, one layer's dimensions
+    train = {1: x, 2: x + rng.normal(scale=0.5, size=x.shape)}
+    test = {1: tx, 2: tx + rng.normal(scale=0.5, size=tx.shape)}
+    rows = probe_layers(train, y, test, ty, average=[1, 2], concat=[1, 2], Cs=(1.0,))
+    assert [r["layer"] for r in rows] == [1, 2, "1+2", "mean(1,2)"]
+    assert rows[-1]["test_acc"] >= 0.95
+    mean_only = probe_layers({0: (train[1] + train[2]) / 2}, y, {0: (test[1] + test[2]) / 2}, ty, Cs=(1.0,))
+    assert mean_only[0]["test_acc"] == rows[-1]["test_acc"] and mean_only[0]["val_acc"] == rows[-1]["val_acc"]
+    with pytest.raises(ValueError, match="average layers \\[7\\]"):
+        probe_layers(train, y, test, ty, average=[1, 7])
+
+
 def test_pixel_baseline_counts_gray_pixels_once():
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (40, 4, 4), dtype=np.uint8)
@@ -129,12 +159,12 @@ def test_cli_probe_on_easy_idx_data(tmp_path, capsys):
     add_parsers(parser.add_subparsers(dest="command"))
     out = tmp_path / "out"
     args = parser.parse_args(["probe", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 48, 32),
-                              "--concat", "3", "4", "--pixels", "--device", "cpu", "--quiet",
+                              "--concat", "3", "4", "--average", "2", "4", "--pixels", "--device", "cpu", "--quiet",
                               "--val-fraction", "0.25", "--out", str(out)])  # fmt: skip
     assert COMMANDS[args.command](args) == 0
     result = json.loads((out / "probe.json").read_text())
     layers = [r["layer"] for r in result["rows"]]
-    assert layers == [0, 1, 2, 3, 4, "3+4", "pixels"] and result["n_layer"] == 4
+    assert layers == [0, 1, 2, 3, 4, "3+4", "mean(2,4)", "pixels"] and result["n_layer"] == 4
     assert result["n_train"] == 32 and result["n_test"] == 16
     for r in result["rows"]:
         assert 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1

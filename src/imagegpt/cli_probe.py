@@ -49,6 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--layers", type=int, nargs="+", help="layers to probe, 0 .. n_layer (default all; n_layer is "
                    "the ln_f output)")  # fmt: skip
     s.add_argument("--concat", type=int, nargs="+", help="also probe these layers' features concatenated")
+    s.add_argument("--average", type=int, nargs="+", help="also probe the mean of these layers' features (one "
+                   "layer's dimensions)")  # fmt: skip
     s.add_argument("--pixels", action="store_true", help="also probe the raw pixels (a baseline)")
     s.add_argument("--limit", type=int, help="use the first N training images")
     s.add_argument("--test-limit", type=int, help="use the first N test images")
@@ -146,15 +148,15 @@ def _probe(args) -> int:
         if pixels is not None:
             pixels, test_pixels = pixels[tr], pixels[te]
     args.out.mkdir(parents=True, exist_ok=True)
-    layers, concat = args.layers, args.concat
-    if layers is not None and concat:
-        layers = sorted(set(layers) | set(concat))  # the concatenation needs its layers' features
+    layers, concat, average = args.layers, args.concat, args.average
+    if layers is not None and (concat or average):
+        layers = sorted(set(layers) | set(concat or ()) | set(average or ()))  # they need those layers' features
     kw = dict(layers=layers, batch_size=args.batch_size, progress=not args.quiet, device=device)
     train_f = extract_features(model, ids, cache_path=args.out / "features_train.npz", **kw)
     test_f = extract_features(model, test_ids, cache_path=args.out / "features_test.npz", **kw)
     fit = dict(val_fraction=args.val_fraction, seed=args.seed, max_iter=args.max_iter, groups=groups,
                **({"Cs": args.Cs} if args.Cs else {}))  # fmt: skip
-    rows = probe_layers(train_f, y, test_f, test_y, concat=concat, **fit)
+    rows = probe_layers(train_f, y, test_f, test_y, concat=concat, average=average, **fit)
     if args.pixels:
         rows.append(raw_pixel_baseline(pixels, y, test_pixels, test_y, **fit))
     result = {"model": str(args.model), "n_train": int(len(y)), "n_test": int(len(test_y)),

@@ -62,9 +62,10 @@ def extract_features(
     """Average-pooled hidden states of each layer in ``layers``: {layer: float32 (N, n_embd)}.
 
     ``input_ids`` (N, 1 + H*W) begin with the start token. Layer ``l`` in [0, n_layer) is the input of block
-    ``l`` (0: the embeddings), ``n_layer`` the ``ln_f`` output; default: all. The model sees ``ids[:, :-1]``
-    (the last pixel is only a target, as in :func:`imagegpt.metrics.nll_per_sequence`), and the features are
-    averaged over all of those positions. With ``cache_path``, features are read from / written to that .npz,
+    ``l`` (0: the embeddings), ``n_layer`` the ``ln_f`` output; default: all. A causal model sees ``ids[:, :-1]``
+    (the last pixel is only a target, as in :func:`imagegpt.metrics.nll_per_sequence`); a bidirectional (BERT)
+    model sees the H*W pixels ``ids[:, 1:]``, unmasked (it was trained without a start token, whose id is its
+    [MASK]). The features are averaged over all of the positions seen. With ``cache_path``, features are read from / written to that .npz,
     keyed by the ids, layers and weights, so that a second probe on the same inputs skips the model.
     """
     decoder = _decoder(model)
@@ -95,13 +96,15 @@ def extract_features(
                 logger.warning("ignoring unreadable feature cache %s: %s", path, e)
 
     device = torch.device(device) if device is not None else next(decoder.parameters()).device
+    # (start, p0 .. p(HW-2)) for a causal model; (p0 .. p(HW-1)) for BERT, whose [MASK] id is the start token's
+    window = slice(1, None) if getattr(decoder.config, "bidirectional", False) else slice(None, -1)
     was_training = decoder.training
     decoder.eval()  # dropout off: features must not depend on the batch
     parts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     try:
         with torch.inference_mode():
             for i in tqdm(range(0, len(ids), batch_size), desc="features", unit="batch", disable=not progress):
-                batch = ids[i : i + batch_size, :-1].to(device)
+                batch = ids[i : i + batch_size, window].to(device)
                 hidden = decoder(batch, use_cache=False, output_hidden_states=True, return_dict=True).hidden_states
                 for layer in layers:
                     parts[layer].append(hidden[layer].float().mean(dim=1).cpu().numpy())
@@ -217,9 +220,12 @@ def _probe_one(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndar
 def probe_layers(features_train: dict[int, np.ndarray], y_train: np.ndarray, features_test: dict[int, np.ndarray],
                  y_test: np.ndarray, val_fraction: float = 0.1, seed: int = 0,
                  concat: Sequence[int] | None = None, Cs: Sequence[float] = DEFAULT_CS,
-                 max_iter: int = 1000, groups: np.ndarray | None = None) -> list[dict]:
-    """One row per layer, in order: {"layer", "C", "val_acc", "test_acc"}; with ``concat`` = [a, b, ...] a last
-    row (``"layer": "a+b"``) probes those layers' features side by side. The validation split (``val_fraction``
+                 max_iter: int = 1000, groups: np.ndarray | None = None,
+                 average: Sequence[int] | None = None) -> list[dict]:
+    """One row per layer, in order: {"layer", "C", "val_acc", "test_acc"}; with ``concat`` = [a, b, ...] a
+    row (``"layer": "a+b"``) probes those layers' features side by side; with ``average`` = [a, b, ...] a last
+    row (``"layer": "mean(a,b)"``) probes their mean (the states averaged over layers as well as positions:
+    as many dimensions as one layer). The validation split (``val_fraction``
     of the training examples, drawn with ``seed``; whole ``groups`` when given) picks C; the probe is then refit
     on all training examples."""
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
@@ -229,14 +235,22 @@ def probe_layers(features_train: dict[int, np.ndarray], y_train: np.ndarray, fea
                          max_iter, groups)  # fmt: skip
         rows.append({"layer": int(layer), **row})
         logger.info("layer %d: C=%g val %.4f test %.4f", layer, row["C"], row["val_acc"], row["test_acc"])
-    if concat:
-        missing = [c for c in concat if c not in features_train or c not in features_test]
+    for how, chosen in (("concat", concat), ("average", average)):
+        if not chosen:
+            continue
+        missing = [c for c in chosen if c not in features_train or c not in features_test]
         if missing:
-            raise ValueError(f"concat layers {missing} have no features (extracted: {sorted(features_train)})")
-        x = np.concatenate([features_train[c] for c in concat], axis=1)
-        tx = np.concatenate([features_test[c] for c in concat], axis=1)
+            raise ValueError(f"{how} layers {missing} have no features (extracted: {sorted(features_train)})")
+        if how == "concat":
+            x = np.concatenate([features_train[c] for c in chosen], axis=1)
+            tx = np.concatenate([features_test[c] for c in chosen], axis=1)
+            name = "+".join(str(c) for c in chosen)
+        else:
+            x = np.mean([features_train[c] for c in chosen], axis=0, dtype=np.float32)
+            tx = np.mean([features_test[c] for c in chosen], axis=0, dtype=np.float32)
+            name = f"mean({','.join(str(c) for c in chosen)})"
         row = _probe_one(x, y_train, tx, y_test, val_fraction, seed, Cs, max_iter, groups)
-        rows.append({"layer": "+".join(str(c) for c in concat), **row})
+        rows.append({"layer": name, **row})
     return rows
 
 

@@ -43,15 +43,19 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 8, pad: int = 
 
 
 HEADER_HEIGHT = 16  # pixels above the grid for column labels (Pillow's default font is 11 px high)
-_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44))
+_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (127, 127, 127))  # fmt: skip
 
 
 def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[int, int] = (720, 440),
                     curves: Sequence[tuple[str, str]] = (("loss", "train"), ("val_loss", "val")),
-                    ylabel: str = "loss (nats/token)") -> None:  # fmt: skip
+                    ylabel: str = "loss (nats/token)", xlabel: str = "step") -> None:  # fmt: skip
     """Draw ``records``' values against their "step" as a PNG, with Pillow only: one colored line per
-    (key, legend label) of ``curves``, up to three (default: train loss in blue, validation loss in orange);
-    records without a finite value for a key are skipped for that curve."""
+    (key, legend label) of ``curves``, up to seven (default: train loss in blue, validation loss in orange);
+    records without a finite value for a key are skipped for that curve. Any other quantity works as the x axis
+    (a layer, a number of images): put it under "step" and name it with ``xlabel``."""
+    if len(curves) > len(_COLORS):
+        raise ValueError(f"at most {len(_COLORS)} curves fit one plot, got {len(curves)}")
     finite = lambda v: v is not None and math.isfinite(v)  # noqa: E731
     lines = [([(r["step"], r[key]) for r in records if finite(r.get(key))], color, label)
              for (key, label), color in zip(curves, _COLORS)]  # fmt: skip
@@ -78,7 +82,7 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[in
         d.line([(x, h - bottom), (x, h - bottom + 4)], fill="black")
         d.text((x - 10, h - bottom + 8), f"{s:.0f}", fill="black")
     d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
-    d.text((w // 2 - 12, h - 20), "step", fill="black")
+    d.text((w // 2 - d.textlength(xlabel) / 2, h - 20), xlabel, fill="black")
     d.text((5, 8), ylabel, fill="black")
     for i, (series, color, label) in enumerate(lines):
         if not series:
@@ -90,8 +94,9 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[in
         if len(xys) <= 60:  # sparse series (evaluations) get a dot per measurement
             for x, y in xys:
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        d.line([(w - 90, ly + 6), (w - 70, ly + 6)], fill=color, width=3)
-        d.text((w - 64, ly), label, fill="black")
+        lx = w - right - 6 - d.textlength(label)  # legends right-aligned: long labels stay on the canvas
+        d.line([(lx - 26, ly + 6), (lx - 6, ly + 6)], fill=color, width=3)
+        d.text((lx, ly), label, fill="black")
     _atomic_write(Path(path), lambda p: img.save(p, format="PNG"))
 
 

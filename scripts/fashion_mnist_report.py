@@ -1,0 +1,106 @@
+"""Tables and plots of docs/results.md's Fashion-MNIST study, from the runs of scripts/fashion_mnist_study.sh and
+scripts/fashion_mnist_long.sh: reads OUT/<variant>/train/{train_config.json,log.jsonl} and the probe.json files,
+prints markdown tables and writes the plots (Pillow only) into --images.
+
+    .venv/bin/python scripts/fashion_mnist_report.py --out runs/fm --images docs/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from imagegpt.viz import plot_loss_curve
+
+VARIANTS = ("base", "deep", "shallow", "lr4e-3", "lr1e-3", "bert", "grays4")
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _probe(path: Path) -> dict[str, dict]:
+    return {str(r["layer"]): r for r in json.loads(path.read_text())["rows"]}
+
+
+def _layered(rows: dict[str, dict]) -> list[dict]:
+    return sorted((r for r in rows.values() if isinstance(r["layer"], int)), key=lambda r: r["layer"])
+
+
+def study(out: Path, images: Path) -> None:
+    print("| variant | model | objective, lr | pretraining min | val loss | test acc per layer, 1 to the last | "
+          "best layer | last |")  # fmt: skip
+    print("|---|---|---|---:|---:|---|---:|---:|")
+    depth_records: dict[int, dict] = {}
+    curves = []
+    for v in VARIANTS:
+        run, probe = out / v / "train", out / v / "probe" / "probe.json"
+        if not probe.is_file():
+            continue
+        cfg = json.loads((run / "train_config.json").read_text())
+        log = _log(run)
+        val = [r for r in log if "val_loss" in r]
+        minutes = max(r.get("elapsed_s", 0) for r in log) / 60
+        rows = _layered(_probe(probe))
+        accs = [r["test_acc"] for r in rows if r["layer"] > 0]
+        best = max(rows[1:], key=lambda r: r["test_acc"])
+        m = cfg["model"]
+        print(f"| {v} | {m['n_layer']} x {m['n_embd']} | {cfg['objective']}, {cfg['lr']:g} | {minutes:.1f} | "
+              f"{val[-1]['val_loss']:.4f} | {', '.join(f'{a:.3f}' for a in accs)} | "
+              f"{best['test_acc']:.4f} ({best['layer']}) | {accs[-1]:.4f} |")  # fmt: skip
+        for r in rows[1:]:
+            depth_records.setdefault(r["layer"], {"step": r["layer"]})[v] = r["test_acc"]
+        curves.append((v, f"{v} ({m['n_layer']} x {m['n_embd']})"))
+    if curves:
+        plot_loss_curve(sorted(depth_records.values(), key=lambda r: r["step"]), images / "fmnist-study-depth.png",
+                        curves=curves, ylabel="linear probe test accuracy", xlabel="layer (last: ln_f)")  # fmt: skip
+
+
+def long_run(out: Path, images: Path, pixels: float | None) -> None:
+    run = out / "long" / "train"
+    if not (run / "log.jsonl").is_file():
+        return
+    log = _log(run)
+    cfg = json.loads((run / "train_config.json").read_text())
+    val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
+    plot_loss_curve([r for r in log if "loss" in r], images / "fmnist-long-loss.png")
+    print("\n| checkpoint | images seen (epochs) | val loss | test acc per layer, 1 to the last | best layer | "
+          "mean of layers |")  # fmt: skip
+    print("|---|---:|---:|---|---:|---:|")
+    records = []
+    for probe in sorted((out / "long").glob("probe-step*/probe.json"), key=lambda p: int(p.parent.name[10:])):
+        step = int(probe.parent.name[10:])
+        rows = _probe(probe)
+        layered = _layered(rows)[1:]
+        best = max(layered, key=lambda r: r["test_acc"])
+        mean = next((r for k, r in rows.items() if k.startswith("mean(")), None)
+        seen = step * cfg["batch_size"]
+        print(f"| step {step} | {seen:,} ({seen / 57000:.2f}) | {val.get(step, float('nan')):.4f} | "
+              f"{', '.join(f'{r['test_acc']:.3f}' for r in layered)} | {best['test_acc']:.4f} ({best['layer']}) | "
+              f"{mean['test_acc'] if mean else float('nan'):.4f} |")  # fmt: skip
+        rec = {"step": step, "best": best["test_acc"], "last": layered[-1]["test_acc"]}
+        if mean:
+            rec["mean"] = mean["test_acc"]
+        if pixels is not None:
+            rec["pixels"] = pixels
+        records.append(rec)
+    if records:
+        curves = [("best", "best single layer"), ("last", "last layer (ln_f)"), ("mean", "mean of layers"),
+                  ("pixels", "raw pixels")]  # fmt: skip
+        plot_loss_curve(records, images / "fmnist-probe-vs-compute.png", curves=curves,
+                        ylabel="linear probe test accuracy", xlabel="pretraining steps (32 images each)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/fm"))
+    p.add_argument("--images", type=Path, default=Path("docs/images"))
+    p.add_argument("--pixels", type=float, help="the raw-pixel baseline's test accuracy, drawn as a line")
+    args = p.parse_args()
+    study(args.out, args.images)
+    long_run(args.out, args.images, args.pixels)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# What buys linear-probe accuracy per CPU-minute on Fashion-MNIST (docs/results.md#what-buys-features-per-cpu-minute).
+# Every variant pretrains for the same number of steps of the same batch (so the same images, and within 13% the
+# same FLOPs: the three shapes have 0.79-0.89 M weights outside the embeddings), then probes every layer on the
+# same images. Run one variant per call, so that two can share a 2-core machine, one thread each:
+#   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_study.sh base &
+#   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_study.sh deep &
+# Variants: base (4 x 136, lr 2e-3), deep (8 x 96), shallow (2 x 192), lr4e-3 / lr1e-3 (base at another peak learning
+# rate), bert (base, BERT objective: 15% of pixels masked), grays4 (base on a 4-gray palette instead of 8).
+# Measured on one core each of a shared 2-core machine: about 10 min of pretraining + 4 min of probing per variant.
+# Needs: bash scripts/setup.sh; apt-get install -y dataset-fashion-mnist (or F=<dir with the IDX .gz files>).
+# Each step is skipped when its output exists; OUT (default runs/fm) holds everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+V=${1:?usage: fashion_mnist_study.sh base|deep|shallow|lr4e-3|lr1e-3|bert|grays4}
+F=${F:-/usr/share/datasets/fashion-mnist}
+OUT=${OUT:-runs/fm}
+IG=${IG:-.venv/bin/imagegpt}
+STEPS=${STEPS:-750} BATCH=32   # 24,000 images = 0.42 epoch per variant
+PROBE_N=10000 TEST_N=10000      # probe: the first 10,000 training images, all 10,000 test images
+CS="0.1 1 10 100 1000"
+for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+    [ -f "$F/$f.gz" ] || { echo "missing $F/$f.gz: apt-get install -y dataset-fashion-mnist (or set F=)" >&2; exit 1; }
+done
+
+LAYERS=4 WIDTH=136 HEADS=4 LR=2e-3 GRAYS=8 OBJ=autoregressive
+case $V in
+    base) ;;
+    deep) LAYERS=8 WIDTH=96 ;;
+    shallow) LAYERS=2 WIDTH=192 ;;
+    lr4e-3) LR=4e-3 ;;
+    lr1e-3) LR=1e-3 ;;
+    bert) OBJ=bert ;;
+    grays4) GRAYS=4 ;;
+    *) echo "unknown variant $V" >&2; exit 2 ;;
+esac
+
+# 14x14 images (196 tokens: a quarter of 28x28's cost per image), GRAYS gray levels fitted by k-means
+P=$OUT/palette14k$GRAYS T=$OUT/tokens14k$GRAYS
+[ -f "$P/preprocessor_config.json" ] || $IG fit-palette "$F/train-images-idx3-ubyte.gz" --k $GRAYS --grayscale \
+    --size 14 --out "$P"
+[ -f "$T/manifest.json" ] || $IG tokenize "$F/train-images-idx3-ubyte.gz" --palette "$P" --out "$T"
+
+[ -d "$OUT/$V/train/final" ] || $IG train --data "$T" --out "$OUT/$V/train" --set objective=$OBJ \
+    --set model.n_embd=$WIDTH --set model.n_head=$HEADS --set model.n_layer=$LAYERS --set batch_size=$BATCH \
+    --set max_steps=$STEPS --set lr=$LR --set min_lr=1e-4 --set warmup_steps=50 --set eval_interval=250 \
+    --set eval_batches=10 --set save_interval=250 --set keep_last=0 --quiet
+
+[ -f "$OUT/$V/probe/probe.json" ] || $IG probe --model "$OUT/$V/train/final" \
+    --data "$F/train-images-idx3-ubyte.gz" --labels "$F/train-labels-idx1-ubyte.gz" \
+    --test-data "$F/t10k-images-idx3-ubyte.gz" --test-labels "$F/t10k-labels-idx1-ubyte.gz" \
+    --limit $PROBE_N --test-limit $TEST_N --C $CS --max-iter 2000 --quiet --out "$OUT/$V/probe"
