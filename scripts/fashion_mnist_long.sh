@@ -6,13 +6,13 @@
 # checkpoint, and the next call continues from it with an exact resume (same batches, same optimizer state, same
 # schedule), so the run can be spread over days. Usage (one thread, the way it was measured):
 #   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_long.sh train     # again and again, until it says it is done
-#   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_long.sh probe     # probes every checkpoint saved so far
+#   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_long.sh probe [STEP ...]  # those checkpoints (default: all saved)
 #   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_long.sh finetune STEP   # fine-tunes the checkpoint of STEP
 # Needs: bash scripts/setup.sh; apt-get install -y dataset-fashion-mnist (or F=<dir with the IDX .gz files>).
 # Each step is skipped when its output exists; OUT (default runs/fm/long) holds everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHAT=${1:?usage: fashion_mnist_long.sh train|probe|finetune STEP}
+WHAT=${1:?usage: fashion_mnist_long.sh train|probe [STEP ...]|finetune STEP}
 F=${F:-/usr/share/datasets/fashion-mnist}
 OUT=${OUT:-runs/fm/long}
 IG=${IG:-.venv/bin/imagegpt}
@@ -46,8 +46,11 @@ train)
         --set keep_last=0 --set max_time_minutes=$CHUNK_MINUTES --quiet
     ;;
 probe)
-    for ck in "$OUT"/train/checkpoints/step-*; do
-        [ -d "$ck" ] || continue
+    shift
+    CKS=("$OUT"/train/checkpoints/step-*)
+    [ $# -gt 0 ] && CKS=($(for s in "$@"; do printf "%s/train/checkpoints/step-%07d\n" "$OUT" "$s"; done))
+    for ck in "${CKS[@]}"; do
+        [ -d "$ck" ] || { echo "no checkpoint $ck" >&2; continue; }
         s=$((10#${ck##*step-}))
         [ -f "$OUT/probe-step$s/probe.json" ] || $IG probe --model "$ck" "${TRAIN[@]}" "${TEST[@]}" \
             --limit $PROBE_N --average 1 2 3 4 --C $CS --max-iter 2000 --quiet --out "$OUT/probe-step$s"

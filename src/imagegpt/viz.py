@@ -63,7 +63,8 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[in
     if not points:
         return
     w, h = size
-    left, right, top, bottom = 70, 20, 30, 50
+    left, right, bottom = 70, 20, 50
+    top = max(30, 18 + 14 * len(curves))  # the legend stacks above the plot, never over a line
     x0, x1 = min(s for s, _ in points), max(s for s, _ in points)
     y0, y1 = min(v for _, v in points), max(v for _, v in points)
     x1, pad = max(x1, x0 + 1), max((y1 - y0) * 0.05, 1e-3)
@@ -74,13 +75,18 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[in
 
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
+    small_ints = all(float(s).is_integer() for s, _ in points) and x1 - x0 <= 20  # layers: a tick on each
+    xticks = range(int(x0), int(x1) + 1) if small_ints else [x0 + i * (x1 - x0) / 4 for i in range(5)]
     for i in range(5):  # grid lines and tick labels
-        v, s = y0 + i * (y1 - y0) / 4, x0 + i * (x1 - x0) / 4
-        y, x = xy(x0, v)[1], xy(s, y0)[0]
+        v = y0 + i * (y1 - y0) / 4
+        y = xy(x0, v)[1]
         d.line([(left, y), (w - right, y)], fill=(230, 230, 230))
         d.text((5, y - 6), f"{v:.3g}", fill="black")
+    for s in xticks:
+        x = xy(s, y0)[0]
         d.line([(x, h - bottom), (x, h - bottom + 4)], fill="black")
-        d.text((x - 10, h - bottom + 8), f"{s:.0f}", fill="black")
+        tick = f"{s:.0f}"
+        d.text((x - d.textlength(tick) / 2, h - bottom + 8), tick, fill="black")
     d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
     d.text((w // 2 - d.textlength(xlabel) / 2, h - 20), xlabel, fill="black")
     d.text((5, 8), ylabel, fill="black")
