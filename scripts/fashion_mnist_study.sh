@@ -5,6 +5,7 @@
 # same images. Run one variant per call, so that two can share a 2-core machine, one thread each:
 #   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_study.sh base &
 #   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_study.sh deep &
+#   bash scripts/fashion_mnist_study.sh pixels    # the raw-pixel baselines (14x14 and 28x28; 10k, 20k, 60k images)
 # Variants: base (4 x 136, lr 2e-3), deep (8 x 96), shallow (2 x 192), lr4e-3 / lr1e-3 (base at another peak learning
 # rate), bert (base, BERT objective: 15% of pixels masked), grays4 (base on a 4-gray palette instead of 8).
 # Measured on one core each of a shared 2-core machine: about 10 min of pretraining + 4 min of probing per variant.
@@ -12,7 +13,7 @@
 # Each step is skipped when its output exists; OUT (default runs/fm) holds everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-V=${1:?usage: fashion_mnist_study.sh base|deep|shallow|lr4e-3|lr1e-3|bert|grays4}
+V=${1:?usage: fashion_mnist_study.sh base|deep|shallow|lr4e-3|lr1e-3|bert|grays4|pixels}
 F=${F:-/usr/share/datasets/fashion-mnist}
 OUT=${OUT:-runs/fm}
 IG=${IG:-.venv/bin/imagegpt}
@@ -22,6 +23,31 @@ CS="0.1 1 10 100 1000"
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
     [ -f "$F/$f.gz" ] || { echo "missing $F/$f.gz: apt-get install -y dataset-fashion-mnist (or set F=)" >&2; exit 1; }
 done
+
+if [ "$V" = pixels ]; then   # the same classifier on the images the models see (14x14) and on 28x28 (about 25 min)
+    [ -f "$OUT/palette14k8/preprocessor_config.json" ] || $IG fit-palette "$F/train-images-idx3-ubyte.gz" --k 8 \
+        --grayscale --size 14 --out "$OUT/palette14k8"
+    [ -f "$OUT/pixels.json" ] || .venv/bin/python - "$F" "$OUT" <<'PY'
+import json, sys, time
+from imagegpt.atomic import atomic_write_text
+from imagegpt.datasets import load_labeled
+from imagegpt.processor import ImageGPTImageProcessor
+from imagegpt.probe import raw_pixel_baseline
+F, OUT = sys.argv[1:]
+out = {}
+for size, palette in ((14, f"{OUT}/palette14k8"), (28, "src/imagegpt/models/fashion-mnist")):
+    proc = ImageGPTImageProcessor.from_pretrained(palette)  # resizes to its size (14 or 28), as probe --pixels does
+    _, y, x = load_labeled(f"{F}/train-images-idx3-ubyte.gz", f"{F}/train-labels-idx1-ubyte.gz", proc, None, True)
+    _, ty, tx = load_labeled(f"{F}/t10k-images-idx3-ubyte.gz", f"{F}/t10k-labels-idx1-ubyte.gz", proc, None, True)
+    for n in (10000, 20000, 60000):
+        t = time.time()
+        row = raw_pixel_baseline(x[:n], y[:n], tx, ty, Cs=[0.01, 0.1, 1, 10], max_iter=2000)
+        out[f"{size}x{size}/{n}"] = {**row, "seconds": round(time.time() - t, 1)}
+        print(size, n, out[f"{size}x{size}/{n}"], flush=True)
+atomic_write_text(f"{OUT}/pixels.json", json.dumps(out, indent=1) + "\n")
+PY
+    exit 0
+fi
 
 LAYERS=4 WIDTH=136 HEADS=4 LR=2e-3 GRAYS=8 OBJ=autoregressive
 case $V in
