@@ -65,8 +65,9 @@ def extract_features(
     ``l`` (0: the embeddings), ``n_layer`` the ``ln_f`` output; default: all. A causal model sees ``ids[:, :-1]``
     (the last pixel is only a target, as in :func:`imagegpt.metrics.nll_per_sequence`); a bidirectional (BERT)
     model sees the H*W pixels ``ids[:, 1:]``, unmasked (it was trained without a start token, whose id is its
-    [MASK]). The features are averaged over all of the positions seen. With ``cache_path``, features are read from / written to that .npz,
-    keyed by the ids, layers and weights, so that a second probe on the same inputs skips the model.
+    [MASK]). The features are averaged over all of the positions seen. With ``cache_path``, features are read
+    from / written to that .npz, keyed by the ids, layers and weights, so that a second probe on the same inputs
+    skips the model.
     """
     decoder = _decoder(model)
     n_layer = decoder.config.n_layer
@@ -222,12 +223,11 @@ def probe_layers(features_train: dict[int, np.ndarray], y_train: np.ndarray, fea
                  concat: Sequence[int] | None = None, Cs: Sequence[float] = DEFAULT_CS,
                  max_iter: int = 1000, groups: np.ndarray | None = None,
                  average: Sequence[int] | None = None) -> list[dict]:
-    """One row per layer, in order: {"layer", "C", "val_acc", "test_acc"}; with ``concat`` = [a, b, ...] a
-    row (``"layer": "a+b"``) probes those layers' features side by side; with ``average`` = [a, b, ...] a last
-    row (``"layer": "mean(a,b)"``) probes their mean (the states averaged over layers as well as positions:
-    as many dimensions as one layer). The validation split (``val_fraction``
-    of the training examples, drawn with ``seed``; whole ``groups`` when given) picks C; the probe is then refit
-    on all training examples."""
+    """One row per layer, in order: {"layer", "C", "val_acc", "test_acc"}; with ``concat`` = [a, b, ...] a row
+    (``"layer": "a+b"``) probes those layers' features side by side; with ``average`` = [a, b, ...] a last row
+    (``"layer": "mean(a,b)"``) probes their mean (the states averaged over layers as well as positions: as many
+    dimensions as one layer). The validation split (``val_fraction`` of the training examples, drawn with
+    ``seed``; whole ``groups`` when given) picks C; the probe is then refit on all training examples."""
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     rows = []
     for layer in sorted(features_train):
