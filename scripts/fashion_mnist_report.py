@@ -97,6 +97,28 @@ def long_run(out: Path, images: Path, pixels: float | None) -> None:
                         ylabel="linear probe test accuracy", xlabel="pretraining steps (32 images each)")
 
 
+def finetunes(out: Path, images: Path) -> None:
+    """The long run's fine-tunes (finetune-stepS, finetune-noaug-stepS): a table and their validation curves."""
+    runs = sorted((out / "long").glob("finetune*-step*/finetune.json"))
+    if not runs:
+        return
+    print("\n| fine-tune | steps (epochs) | minutes | val acc every eval | best step | test acc |")
+    print("|---|---:|---:|---|---:|---:|")
+    by_step: dict[int, dict] = {}
+    curves = []
+    for path in runs:
+        name, res = path.parent.name, json.loads(path.read_text())
+        hist = json.loads((path.parent / "history.json").read_text())
+        vals = ", ".join(f"{h['val_acc']:.3f}" for h in hist)
+        print(f"| {name} | {res['steps']} ({res['steps'] * 32 / res['n_train']:.2f}) | {res['seconds'] / 60:.1f} | "
+              f"{vals} | {res['best_step']} | {res['test_acc']:.4f} |")  # fmt: skip
+        for h in hist:
+            by_step.setdefault(h["step"], {"step": h["step"]})[name] = h["val_acc"]
+        curves.append((name, name))
+    plot_loss_curve([by_step[k] for k in sorted(by_step)], images / "fmnist-long-finetune.png", curves=curves,
+                    ylabel="validation accuracy (1,000 images)", xlabel="fine-tuning steps (32 images each)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/fm"))
@@ -107,6 +129,7 @@ def main() -> None:
     args = p.parse_args()
     study(args.out, args.images, args.study_pixels)
     long_run(args.out, args.images, args.pixels)
+    finetunes(args.out, args.images)
 
 
 if __name__ == "__main__":
