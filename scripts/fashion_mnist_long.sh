@@ -63,7 +63,8 @@ finetune)
     ck=$(printf "%s/train/checkpoints/step-%07d" "$OUT" "$S")
     # LP-FT (the head starts from a linear probe of 5,000 images), the joint loss, random crops and flips (a
     # mirrored garment is the same garment), 1,000 training images held out to pick the best step
-    # at 14x14 the crop's 1.125x resize blurs every training image but no test image: FT_AUGMENT=0 leaves them be
+    # at 14x14 the crop's 1.125x resize enlarges each training image and cuts its edges, unlike the test images
+    # (docs/results.md measures the harm): FT_AUGMENT=0 trains on the images as they are
     FT_OUT=$OUT/finetune-step$S AUG=()
     [ "$FT_AUGMENT" = 0 ] && FT_OUT=$OUT/finetune-noaug-step$S AUG=(--no-augment)
     [ -f "$FT_OUT/finetune.json" ] || $IG finetune --model "$ck" "${TRAIN[@]}" "${TEST[@]}" "${AUG[@]}" \
