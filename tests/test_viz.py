@@ -34,3 +34,13 @@ def test_the_x_label_is_drawn(tmp_path):
     bottom = slice(a.shape[0] - 22, a.shape[0])  # the x label's row
     assert (b[bottom] < 128).sum() > 2 * (a[bottom] < 128).sum()
     np.testing.assert_array_equal(a[: a.shape[0] - 22], b[: b.shape[0] - 22])
+
+
+def test_fractional_x_ticks_keep_their_digits():
+    # fine-tuning epochs 0 to 1.95: every tick must read differently ("0.487", not "0"); steps stay whole
+    from imagegpt.viz import _tick_label
+
+    ticks = [_tick_label(i * 1.95 / 4, 1.95) for i in range(5)]
+    assert ticks == ["0", "0.487", "0.975", "1.46", "1.95"]
+    assert [_tick_label(i * 3600 / 4, 3600) for i in range(5)] == ["0", "900", "1800", "2700", "3600"]
+    assert _tick_label(1250.5, 3600) == "1250"

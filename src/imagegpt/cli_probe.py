@@ -95,6 +95,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "the first N training images (LP-FT; best when steps are few; default 0 = random head)")
     f.add_argument("--dropout", type=float, help="dropout while fine-tuning (default: the checkpoint's)")
     f.add_argument("--no-augment", action="store_true", help="train on the images as they are")
+    f.add_argument("--no-flip", action="store_true", help="augment with random crops only, never a left-right "
+                   "flip (digits, text: a mirrored 2 is not a 2)")  # fmt: skip
     f.add_argument("--eval-interval", type=int, default=100, help="steps between validations (default 100)")
     f.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping "
                    "(default 5; 0 = never stop early)")  # fmt: skip
@@ -184,8 +186,8 @@ def _finetune(args) -> int:
 
     cfg = FinetuneConfig(batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
                          warmup_steps=args.warmup, weight_decay=args.weight_decay, gen_weight=args.gen_weight,
-                         probe_init=args.probe_init, augment=not args.no_augment, dropout=args.dropout,
-                         eval_interval=args.eval_interval, patience=args.patience,
+                         probe_init=args.probe_init, augment=not args.no_augment, flip=not args.no_flip,
+                         dropout=args.dropout, eval_interval=args.eval_interval, patience=args.patience,
                          max_time_minutes=args.max_minutes, seed=args.seed, device=args.device, dtype=args.dtype,
                          progress=not args.quiet)  # fmt: skip
     processor = ImageGPTImageProcessor.from_pretrained(args.model)

@@ -47,6 +47,12 @@ _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (127, 127, 127))  # fmt: skip
 
 
+def _tick_label(value: float, span: float) -> str:
+    """Steps print as whole numbers; a short fractional axis (epochs: 0 to 2) keeps 3 significant digits, or
+    its ticks 0.49 and 0.98 would both read "0" and "1"."""
+    return f"{value:.0f}" if span >= 20 or float(value).is_integer() else f"{value:.3g}"
+
+
 def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[int, int] = (720, 440),
                     curves: Sequence[tuple[str, str]] = (("loss", "train"), ("val_loss", "val")),
                     ylabel: str = "loss (nats/token)", xlabel: str = "step") -> None:  # fmt: skip
@@ -85,7 +91,7 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike, size: tuple[in
     for s in xticks:
         x = xy(s, y0)[0]
         d.line([(x, h - bottom), (x, h - bottom + 4)], fill="black")
-        tick = f"{s:.0f}"
+        tick = _tick_label(s, x1 - x0)
         d.text((x - d.textlength(tick) / 2, h - bottom + 8), tick, fill="black")
     d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
     d.text((w // 2 - d.textlength(xlabel) / 2, h - 20), xlabel, fill="black")

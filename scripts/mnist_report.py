@@ -1,0 +1,78 @@
+"""Tables and a plot of docs/results.md's MNIST section, from the runs of scripts/mnist_experiment.sh: reads
+OUT/train/log.jsonl, OUT/probe*/probe.json and OUT/finetune*/{finetune,history}.json, prints markdown tables
+and draws every fine-tune's validation accuracy against epochs (Pillow only) into --images.
+
+    .venv/bin/python scripts/mnist_report.py --out runs/mnist --images docs/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from imagegpt.viz import plot_loss_curve
+
+
+def pretraining(out: Path) -> dict[int, float]:
+    """Print the validation loss every eval and the wall time; return {step: val_loss}."""
+    log = [json.loads(line) for line in (out / "train" / "log.jsonl").read_text().splitlines() if line.strip()]
+    val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
+    seconds = max(r.get("elapsed_s", 0.0) for r in log)
+    print(f"pretraining: {max(val)} steps in {seconds:.1f} s ({seconds / 60:.1f} min); validation loss: "
+          + ", ".join(f"{v:.4f} ({s})" for s, v in sorted(val.items())))  # fmt: skip
+    return val
+
+
+def probes(out: Path, val: dict[int, float]) -> None:
+    """One row per probed checkpoint: test accuracy of every layer and of the concatenation."""
+    print("\n| checkpoint | val loss | test acc per layer, 0 to the last | concatenated | raw pixels |")
+    print("|---|---:|---|---:|---:|")
+    def step_of(path: Path) -> int:
+        return int(path.parent.name[10:]) if path.parent.name.startswith("probe-step") else max(val)
+
+    for path in sorted(out.glob("probe*/probe.json"), key=step_of):
+        rows = json.loads(path.read_text())["rows"]
+        layered = sorted((r for r in rows if isinstance(r["layer"], int)), key=lambda r: r["layer"])
+        other = {str(r["layer"]): r for r in rows if not isinstance(r["layer"], int)}
+        concat = next((r for k, r in other.items() if "+" in k), None)
+        step = step_of(path)
+        fmt = lambda r: f"{r['test_acc']:.4f} (C={r['C']:g})" if r else "-"  # noqa: E731
+        accs = ", ".join(f"{r['test_acc']:.4f}" for r in layered)
+        print(f"| step {step} | {val.get(step, float('nan')):.4f} | {accs} | {fmt(concat)} | "
+              f"{fmt(other.get('pixels'))} |")
+
+
+def finetunes(out: Path, images: Path) -> None:
+    """A table of the fine-tunes (finetune/, finetune-STEPS/) and their validation accuracy against epochs."""
+    runs = sorted(out.glob("finetune*/finetune.json"), key=lambda p: json.loads(p.read_text())["steps"])
+    if not runs:
+        return
+    print("\n| fine-tune | steps (epochs) | minutes | best step: val acc | test acc |")
+    print("|---|---:|---:|---:|---:|")
+    records: list[dict] = []
+    curves = []
+    for path in runs:
+        res = json.loads(path.read_text())
+        name = f"{res['steps'] * 32 / res['n_train']:.2f} epochs ({res['steps']} steps)"
+        print(f"| {path.parent.name} | {res['steps']} ({res['steps'] * 32 / res['n_train']:.2f}) | "
+              f"{res['seconds'] / 60:.1f} | {res['best_step']}: {res['best_val_acc']:.3f} | {res['test_acc']:.4f} |")
+        for h in json.loads((path.parent / "history.json").read_text()):
+            records.append({"step": h["step"] * 32 / res["n_train"], path.parent.name: h["val_acc"]})
+        curves.append((path.parent.name, name))
+    plot_loss_curve(sorted(records, key=lambda r: r["step"]), images / "mnist-finetune-epochs.png", curves=curves,
+                    ylabel="validation accuracy (1,000 images)", xlabel="epochs of fine-tuning (59,000 images)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/mnist"))
+    p.add_argument("--images", type=Path, default=Path("docs/images"))
+    args = p.parse_args()
+    val = pretraining(args.out)
+    probes(args.out, val)
+    finetunes(args.out, args.images)
+
+
+if __name__ == "__main__":
+    main()
