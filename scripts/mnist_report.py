@@ -54,7 +54,7 @@ def finetunes(out: Path, images: Path) -> None:
     curves = []
     for path in runs:
         res = json.loads(path.read_text())
-        name = f"{res['steps'] * 32 / res['n_train']:.2f} epochs ({res['steps']} steps)"
+        name = f"{path.parent.name}: {res['steps'] * 32 / res['n_train']:.2f} epochs"  # the name tells variants apart
         print(f"| {path.parent.name} | {res['steps']} ({res['steps'] * 32 / res['n_train']:.2f}) | "
               f"{res['seconds'] / 60:.1f} | {res['best_step']}: {res['best_val_acc']:.3f} | {res['test_acc']:.4f} |")
         for h in json.loads((path.parent / "history.json").read_text()):
