@@ -11,12 +11,13 @@ import argparse
 import json
 from pathlib import Path
 
+from imagegpt.run_dir import read_log
 from imagegpt.viz import plot_loss_curve
 
 
 def pretraining(out: Path) -> dict[int, float]:
     """Print the validation loss every eval and the wall time; return {step: val_loss}."""
-    log = [json.loads(line) for line in (out / "train" / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = read_log(out / "train" / "log.jsonl")
     val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
     seconds = max(r.get("elapsed_s", 0.0) for r in log)
     print(f"pretraining: {max(val)} steps in {seconds:.1f} s ({seconds / 60:.1f} min); validation loss: "
@@ -28,16 +29,18 @@ def probes(out: Path, val: dict[int, float]) -> None:
     """One row per probed checkpoint: test accuracy of every layer and of the concatenation."""
     print("\n| checkpoint | val loss | test acc per layer, 0 to the last | concatenated | raw pixels |")
     print("|---|---:|---|---:|---:|")
-    def step_of(path: Path) -> int:
-        return int(path.parent.name[10:]) if path.parent.name.startswith("probe-step") else max(val)
 
-    for path in sorted(out.glob("probe*/probe.json"), key=step_of):
+    def fmt(r: dict | None) -> str:
+        return f"{r['test_acc']:.4f} (C={r['C']:g})" if r else "-"
+
+    # probe/ is the final model (the log's last step); probe-stepS/ the checkpoint of step S
+    steps = {p: int(p.parent.name[10:]) if p.parent.name.startswith("probe-step") else max(val)
+             for p in out.glob("probe*/probe.json")}  # fmt: skip
+    for path, step in sorted(steps.items(), key=lambda item: item[1]):
         rows = json.loads(path.read_text())["rows"]
         layered = sorted((r for r in rows if isinstance(r["layer"], int)), key=lambda r: r["layer"])
         other = {str(r["layer"]): r for r in rows if not isinstance(r["layer"], int)}
         concat = next((r for k, r in other.items() if "+" in k), None)
-        step = step_of(path)
-        fmt = lambda r: f"{r['test_acc']:.4f} (C={r['C']:g})" if r else "-"  # noqa: E731
         accs = ", ".join(f"{r['test_acc']:.4f}" for r in layered)
         print(f"| step {step} | {val.get(step, float('nan')):.4f} | {accs} | {fmt(concat)} | "
               f"{fmt(other.get('pixels'))} |")
@@ -45,21 +48,22 @@ def probes(out: Path, val: dict[int, float]) -> None:
 
 def finetunes(out: Path, images: Path) -> None:
     """A table of the fine-tunes (finetune/, finetune-STEPS/) and their validation accuracy against epochs."""
-    runs = sorted(out.glob("finetune*/finetune.json"), key=lambda p: json.loads(p.read_text())["steps"])
+    runs = sorted(((p, json.loads(p.read_text())) for p in out.glob("finetune*/finetune.json")),
+                  key=lambda run: run[1]["steps"])  # fmt: skip
     if not runs:
         return
     print("\n| fine-tune | steps (epochs) | minutes | best step: val acc | test acc |")
     print("|---|---:|---:|---:|---:|")
     records: list[dict] = []
     curves = []
-    for path in runs:
-        res = json.loads(path.read_text())
-        name = f"{path.parent.name}: {res['steps'] * 32 / res['n_train']:.2f} epochs"  # the name tells variants apart
-        print(f"| {path.parent.name} | {res['steps']} ({res['steps'] * 32 / res['n_train']:.2f}) | "
-              f"{res['seconds'] / 60:.1f} | {res['best_step']}: {res['best_val_acc']:.3f} | {res['test_acc']:.4f} |")
+    for path, res in runs:
+        per_epoch = res["config"]["batch_size"] / res["n_train"]  # epochs per step
+        print(f"| {path.parent.name} | {res['steps']} ({res['steps'] * per_epoch:.2f}) | {res['seconds'] / 60:.1f} | "
+              f"{res['best_step']}: {res['best_val_acc']:.3f} | {res['test_acc']:.4f} |")
         for h in json.loads((path.parent / "history.json").read_text()):
-            records.append({"step": h["step"] * 32 / res["n_train"], path.parent.name: h["val_acc"]})
-        curves.append((path.parent.name, name))
+            records.append({"step": h["step"] * per_epoch, path.parent.name: h["val_acc"]})
+        # the directory name tells variants of the same length apart (finetune-3600/, finetune-3600-crop/)
+        curves.append((path.parent.name, f"{path.parent.name}: {res['steps'] * per_epoch:.2f} epochs"))
     plot_loss_curve(sorted(records, key=lambda r: r["step"]), images / "mnist-finetune-epochs.png", curves=curves,
                     ylabel="validation accuracy (1,000 images)", xlabel="epochs of fine-tuning (59,000 images)")
 

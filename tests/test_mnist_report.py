@@ -31,7 +31,7 @@ def test_report_tables_and_plot(tmp_path):
         hist = [{"step": i * 100, "val_acc": a} for i, a in enumerate(accs)]
         _write(out / name / "history.json", hist)
         res = {"steps": steps, "n_train": 1000, "seconds": 60.0 * steps / 100, "best_step": hist[-1]["step"],
-               "best_val_acc": accs[-1], "test_acc": accs[-1] - 0.01}  # fmt: skip
+               "best_val_acc": accs[-1], "test_acc": accs[-1] - 0.01, "config": {"batch_size": 32}}  # fmt: skip
         _write(out / name / "finetune.json", res)
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "mnist_report.py"), "--out", str(out),
                           "--images", str(images)], capture_output=True, text=True, check=True)  # fmt: skip
