@@ -11,13 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
+from imagegpt.run_dir import read_log
 from imagegpt.viz import plot_loss_curve
 
 VARIANTS = ("base", "deep", "shallow", "lr4e-3", "lr1e-3", "bert", "grays4")
-
-
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _probe(path: Path) -> dict[str, dict]:
@@ -39,7 +36,7 @@ def study(out: Path, images: Path, pixels: float | None) -> None:
         if not probe.is_file():
             continue
         cfg = json.loads((run / "train_config.json").read_text())
-        log = _log(run)
+        log = read_log(run / "log.jsonl")
         val = [r for r in log if "val_loss" in r]
         minutes = max(r.get("elapsed_s", 0) for r in log) / 60
         rows = _layered(_probe(probe))
@@ -65,7 +62,7 @@ def long_run(out: Path, images: Path, pixels: float | None) -> None:
     run = out / "long" / "train"
     if not (run / "log.jsonl").is_file():
         return
-    log = _log(run)
+    log = read_log(run / "log.jsonl")
     cfg = json.loads((run / "train_config.json").read_text())
     val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
     plot_loss_curve([r for r in log if "loss" in r], images / "fmnist-long-loss.png")
@@ -97,26 +94,27 @@ def long_run(out: Path, images: Path, pixels: float | None) -> None:
                         ylabel="linear probe test accuracy", xlabel="pretraining steps (32 images each)")
 
 
-def finetunes(out: Path, images: Path) -> None:
-    """The long run's fine-tunes (finetune-stepS, finetune-noaug-stepS): a table and their validation curves."""
+def finetunes(out: Path, images: Path, image_name: str) -> None:
+    """The long run's fine-tunes (finetune-stepS, finetune-noaug-stepS): a table, and their validation accuracy
+    against epochs drawn into ``images / image_name``."""
     runs = sorted((out / "long").glob("finetune*-step*/finetune.json"))
     if not runs:
         return
     print("\n| fine-tune | steps (epochs) | minutes | val acc every eval | best step | test acc |")
     print("|---|---:|---:|---|---:|---:|")
-    by_step: dict[int, dict] = {}
+    records: list[dict] = []
     curves = []
     for path in runs:
         name, res = path.parent.name, json.loads(path.read_text())
+        per_epoch = res["config"]["batch_size"] / res["n_train"]  # epochs per step
         hist = json.loads((path.parent / "history.json").read_text())
         vals = ", ".join(f"{h['val_acc']:.3f}" for h in hist)
-        print(f"| {name} | {res['steps']} ({res['steps'] * 32 / res['n_train']:.2f}) | {res['seconds'] / 60:.1f} | "
+        print(f"| {name} | {res['steps']} ({res['steps'] * per_epoch:.2f}) | {res['seconds'] / 60:.1f} | "
               f"{vals} | {res['best_step']} | {res['test_acc']:.4f} |")  # fmt: skip
-        for h in hist:
-            by_step.setdefault(h["step"], {"step": h["step"]})[name] = h["val_acc"]
-        curves.append((name, name))
-    plot_loss_curve([by_step[k] for k in sorted(by_step)], images / "fmnist-long-finetune.png", curves=curves,
-                    ylabel="validation accuracy (1,000 images)", xlabel="fine-tuning steps (32 images each)")
+        records += [{"step": h["step"] * per_epoch, name: h["val_acc"]} for h in hist]
+        curves.append((name, f"{name}: {res['steps'] * per_epoch:.2f} epochs"))
+    plot_loss_curve(sorted(records, key=lambda r: r["step"]), images / image_name, curves=curves,
+                    ylabel="validation accuracy (1,000 images)", xlabel="epochs of fine-tuning")
 
 
 def main() -> None:
@@ -126,10 +124,12 @@ def main() -> None:
     p.add_argument("--pixels", type=float, help="the raw-pixel baseline's test accuracy on the long run's probe "
                    "split, drawn as a line")  # fmt: skip
     p.add_argument("--study-pixels", type=float, help="the same on the study's probe split")
+    p.add_argument("--finetune-image", default="fmnist-long-finetune.png",
+                   help="file name (in --images) of the fine-tunes' plot")
     args = p.parse_args()
     study(args.out, args.images, args.study_pixels)
     long_run(args.out, args.images, args.pixels)
-    finetunes(args.out, args.images)
+    finetunes(args.out, args.images, args.finetune_image)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""scripts/fashion_mnist_report.py: the study, long-run and fine-tune tables and plots from a miniature runs/fm."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj) if not isinstance(obj, str) else obj)
+
+
+def _train_run(run: Path, n_layer: int, steps: int) -> None:
+    cfg = {"model": {"n_layer": n_layer, "n_embd": 64}, "objective": "autoregressive", "lr": 2e-3, "batch_size": 32}
+    _write(run / "train_config.json", cfg)
+    log = [{"step": s, "loss": 0.6, "elapsed_s": s * 0.6, **({"val_loss": 0.6 - s / 10000} if s % 500 == 0 else {})}
+           for s in range(100, steps + 1, 100)]  # fmt: skip
+    _write(run / "log.jsonl", "\n".join(json.dumps(r) for r in log) + "\n")
+
+
+def _rows(accs: list[float], mean: float | None = None) -> dict:
+    rows = [{"layer": i, "C": 10.0, "val_acc": a, "test_acc": a} for i, a in enumerate(accs)]
+    if mean is not None:
+        rows.append({"layer": f"mean({','.join(str(i) for i in range(1, len(accs)))})", "C": 1.0, "test_acc": mean})
+    return {"rows": rows}
+
+
+def test_report_tables_and_plots(tmp_path):
+    out, images = tmp_path / "fm", tmp_path / "images"
+    images.mkdir()
+    _train_run(out / "base" / "train", 2, 1000)
+    _write(out / "base" / "probe" / "probe.json", _rows([0.3, 0.80, 0.79]))
+    _train_run(out / "long" / "train", 2, 2000)
+    _write(out / "long" / "probe-step1000" / "probe.json", _rows([0.3, 0.81, 0.82], mean=0.815))
+    _write(out / "long" / "probe-step2000" / "probe.json", _rows([0.3, 0.83, 0.82]))
+    hist = [{"step": s, "val_acc": a} for s, a in ((0, 0.80), (300, 0.85), (600, 0.87))]
+    _write(out / "long" / "finetune-noaug-step2000" / "history.json", hist)
+    res = {"steps": 600, "n_train": 9600, "seconds": 120.0, "best_step": 600, "best_val_acc": 0.87,
+           "test_acc": 0.865, "config": {"batch_size": 64}}  # fmt: skip
+    _write(out / "long" / "finetune-noaug-step2000" / "finetune.json", res)
+    cmd = [sys.executable, str(ROOT / "scripts" / "fashion_mnist_report.py"), "--out", str(out), "--images",
+           str(images), "--pixels", "0.8", "--study-pixels", "0.79", "--finetune-image", "ft.png"]  # fmt: skip
+    lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    # the study: wall minutes from the log, the last validation loss, best layer 1 (not the last)
+    assert "| base | 2 x 64 | autoregressive, 0.002 | 10.0 | 0.5000 | 0.800, 0.790 | 0.8000 (1) | 0.7900 |" in lines
+    # the long run: probes sorted by step, epochs of 57,000 images, the mean row where there is one
+    steps = [line for line in lines if line.startswith("| step")]
+    assert steps == ["| step 1000 | 32,000 (0.56) | 0.5000 | 0.810, 0.820 | 0.8200 (2) | 0.8150 |",
+                     "| step 2000 | 64,000 (1.12) | 0.4000 | 0.830, 0.820 | 0.8300 (1) | nan |"]  # fmt: skip
+    # the fine-tune: epochs from its own batch size (64), not a fixed 32
+    ft = [line for line in lines if line.startswith("| finetune")]
+    assert ft == ["| finetune-noaug-step2000 | 600 (4.00) | 2.0 | 0.800, 0.850, 0.870 | 600 | 0.8650 |"]
+    for name in ("fmnist-study-depth.png", "fmnist-long-loss.png", "fmnist-probe-vs-compute.png", "ft.png"):
+        plot = np.asarray(Image.open(images / name).convert("RGB"))
+        assert plot.shape == (440, 720, 3) and (plot < 200).any(), name
+    assert not (images / "fmnist-long-finetune.png").exists()
