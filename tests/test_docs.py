@@ -159,3 +159,23 @@ def test_not_run_markers_give_a_reason_and_sit_on_a_fence():
             if "not-run" in line:
                 assert NOT_RUN.match(line), f"{doc.name}:{n + 1}: write <!-- not-run: REASON -->"
                 assert n + 1 < len(lines) and FENCE.match(lines[n + 1]), f"{doc.name}:{n + 1}: not above a fence"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation other than '-' and '_' dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_to_headings_resolve():
+    """Every ``[text](#anchor)`` and ``[text](file.md#anchor)`` between the docs names a heading that exists."""
+    anchors = {}
+    for doc in DOCS:
+        text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.S | re.M)  # a '# comment' in code is no heading
+        anchors[doc.resolve()] = {_slug(m) for m in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    broken = []
+    for doc in DOCS:
+        for target, anchor in re.findall(r"\]\(([\w./-]*?\.md)?#([^)\s]+)\)", doc.read_text()):
+            path = (doc.parent / target).resolve() if target else doc.resolve()
+            if path in anchors and anchor not in anchors[path]:
+                broken.append(f"{doc.relative_to(ROOT)}: {target}#{anchor}")
+    assert not broken, "links to headings that do not exist:\n" + "\n".join(broken)
