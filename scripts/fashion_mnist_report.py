@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imagegpt.run_dir import read_log
 from imagegpt.viz import plot_loss_curve
+from mnist_report import epochs_per_step, plot_finetune_epochs  # the sibling script: scripts/ is on sys.path
 
 VARIANTS = ("base", "deep", "shallow", "lr4e-3", "lr1e-3", "bert", "grays4")
 
@@ -97,24 +98,18 @@ def long_run(out: Path, images: Path, pixels: float | None) -> None:
 def finetunes(out: Path, images: Path, image_name: str) -> None:
     """The long run's fine-tunes (finetune-stepS, finetune-noaug-stepS): a table, and their validation accuracy
     against epochs drawn into ``images / image_name``."""
-    runs = sorted((out / "long").glob("finetune*-step*/finetune.json"))
-    if not runs:
+    paths = sorted((out / "long").glob("finetune*-step*/finetune.json"))
+    if not paths:
         return
     print("\n| fine-tune | steps (epochs) | minutes | val acc every eval | best step | test acc |")
     print("|---|---:|---:|---|---:|---:|")
-    records: list[dict] = []
-    curves = []
-    for path in runs:
-        name, res = path.parent.name, json.loads(path.read_text())
-        per_epoch = res["config"]["batch_size"] / res["n_train"]  # epochs per step
-        hist = json.loads((path.parent / "history.json").read_text())
+    runs = [(p.parent.name, json.loads(p.read_text()), json.loads((p.parent / "history.json").read_text()))
+            for p in paths]  # fmt: skip
+    for name, res, hist in runs:
         vals = ", ".join(f"{h['val_acc']:.3f}" for h in hist)
-        print(f"| {name} | {res['steps']} ({res['steps'] * per_epoch:.2f}) | {res['seconds'] / 60:.1f} | "
+        print(f"| {name} | {res['steps']} ({res['steps'] * epochs_per_step(res):.2f}) | {res['seconds'] / 60:.1f} | "
               f"{vals} | {res['best_step']} | {res['test_acc']:.4f} |")  # fmt: skip
-        records += [{"step": h["step"] * per_epoch, name: h["val_acc"]} for h in hist]
-        curves.append((name, f"{name}: {res['steps'] * per_epoch:.2f} epochs"))
-    plot_loss_curve(sorted(records, key=lambda r: r["step"]), images / image_name, curves=curves,
-                    ylabel="validation accuracy (1,000 images)", xlabel="epochs of fine-tuning")
+    plot_finetune_epochs(runs, images / image_name, "epochs of fine-tuning")
 
 
 def main() -> None:

@@ -46,6 +46,24 @@ def probes(out: Path, val: dict[int, float]) -> None:
               f"{fmt(other.get('pixels'))} |")
 
 
+def epochs_per_step(res: dict) -> float:
+    """A fine-tune's epochs per step, from its finetune.json: its own batch size over its training images."""
+    return res["config"]["batch_size"] / res["n_train"]
+
+
+def plot_finetune_epochs(runs: list[tuple[str, dict, list[dict]]], path: Path, xlabel: str) -> None:
+    """Validation accuracy against epochs, one line per (name, finetune.json, history.json) run, each labeled
+    with its length; the name tells variants of the same length apart (finetune-3600/, finetune-3600-crop/)."""
+    records: list[dict] = []
+    curves = []
+    for name, res, hist in runs:
+        per_epoch = epochs_per_step(res)
+        records += [{"step": h["step"] * per_epoch, name: h["val_acc"]} for h in hist]
+        curves.append((name, f"{name}: {res['steps'] * per_epoch:.2f} epochs"))
+    plot_loss_curve(sorted(records, key=lambda r: r["step"]), path, curves=curves,
+                    ylabel="validation accuracy (1,000 images)", xlabel=xlabel)
+
+
 def finetunes(out: Path, images: Path) -> None:
     """A table of the fine-tunes (finetune/, finetune-STEPS/) and their validation accuracy against epochs."""
     runs = sorted(((p, json.loads(p.read_text())) for p in out.glob("finetune*/finetune.json")),
@@ -54,18 +72,11 @@ def finetunes(out: Path, images: Path) -> None:
         return
     print("\n| fine-tune | steps (epochs) | minutes | best step: val acc | test acc |")
     print("|---|---:|---:|---:|---:|")
-    records: list[dict] = []
-    curves = []
     for path, res in runs:
-        per_epoch = res["config"]["batch_size"] / res["n_train"]  # epochs per step
-        print(f"| {path.parent.name} | {res['steps']} ({res['steps'] * per_epoch:.2f}) | {res['seconds'] / 60:.1f} | "
-              f"{res['best_step']}: {res['best_val_acc']:.3f} | {res['test_acc']:.4f} |")
-        for h in json.loads((path.parent / "history.json").read_text()):
-            records.append({"step": h["step"] * per_epoch, path.parent.name: h["val_acc"]})
-        # the directory name tells variants of the same length apart (finetune-3600/, finetune-3600-crop/)
-        curves.append((path.parent.name, f"{path.parent.name}: {res['steps'] * per_epoch:.2f} epochs"))
-    plot_loss_curve(sorted(records, key=lambda r: r["step"]), images / "mnist-finetune-epochs.png", curves=curves,
-                    ylabel="validation accuracy (1,000 images)", xlabel="epochs of fine-tuning (59,000 images)")
+        print(f"| {path.parent.name} | {res['steps']} ({res['steps'] * epochs_per_step(res):.2f}) | "
+              f"{res['seconds'] / 60:.1f} | {res['best_step']}: {res['best_val_acc']:.3f} | {res['test_acc']:.4f} |")
+    named = [(p.parent.name, res, json.loads((p.parent / "history.json").read_text())) for p, res in runs]
+    plot_finetune_epochs(named, images / "mnist-finetune-epochs.png", "epochs of fine-tuning (59,000 images)")
 
 
 def main() -> None:
