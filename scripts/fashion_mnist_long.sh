@@ -9,6 +9,7 @@
 #   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_long.sh probe [STEP ...]  # those checkpoints (default: all saved)
 #   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_long.sh finetune STEP   # fine-tunes the checkpoint of STEP
 #   FT_AUGMENT=0 ... finetune STEP    # the same on the images as they are (no crops or flips): finetune-noaug-stepSTEP
+#   FT_AUGMENT=flip ... finetune STEP # left-right flips only, no crops: finetune-flip-stepSTEP
 # Needs: bash scripts/setup.sh; apt-get install -y dataset-fashion-mnist (or F=<dir with the IDX .gz files>).
 # Each step is skipped when its output exists; OUT (default runs/fm/long) holds everything.
 set -euo pipefail
@@ -64,9 +65,14 @@ finetune)
     # LP-FT (the head starts from a linear probe of 5,000 images), the joint loss, random crops and flips (a
     # mirrored garment is the same garment), 1,000 training images held out to pick the best step
     # at 14x14 the crop's 1.125x resize enlarges each training image and cuts its edges, unlike the test images
-    # (docs/results.md measures the harm): FT_AUGMENT=0 trains on the images as they are
-    FT_OUT=$OUT/finetune-step$S AUG=()
-    [ "$FT_AUGMENT" = 0 ] && FT_OUT=$OUT/finetune-noaug-step$S AUG=(--no-augment)
+    # (docs/results.md measures the harm): FT_AUGMENT=0 trains on the images as they are, FT_AUGMENT=flip on the
+    # images and their mirrors
+    case $FT_AUGMENT in
+    1) FT_OUT=$OUT/finetune-step$S AUG=() ;;
+    0) FT_OUT=$OUT/finetune-noaug-step$S AUG=(--no-augment) ;;
+    flip) FT_OUT=$OUT/finetune-flip-step$S AUG=(--no-crop) ;;
+    *) echo "FT_AUGMENT must be 1 (crops and flips), 0 (none) or flip (flips only), got $FT_AUGMENT" >&2; exit 2 ;;
+    esac
     [ -f "$FT_OUT/finetune.json" ] || $IG finetune --model "$ck" "${TRAIN[@]}" "${TEST[@]}" "${AUG[@]}" \
         --label-names "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot" \
         --val-size 1000 --probe-init 5000 --steps $FT_STEPS --batch-size 32 --lr 2e-4 --gen-weight 0.5 \

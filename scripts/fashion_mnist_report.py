@@ -96,8 +96,8 @@ def long_run(out: Path, images: Path, pixels: float | None) -> None:
 
 
 def finetunes(out: Path, images: Path, image_name: str) -> None:
-    """The long run's fine-tunes (finetune-stepS, finetune-noaug-stepS): a table, and their validation accuracy
-    against epochs drawn into ``images / image_name``."""
+    """The long run's fine-tunes (finetune-stepS, finetune-noaug-stepS, finetune-flip-stepS): a table, and their
+    validation accuracy against epochs drawn into ``images / image_name``."""
     paths = sorted((out / "long").glob("finetune*-step*/finetune.json"))
     if not paths:
         return

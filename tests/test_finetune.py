@@ -221,16 +221,18 @@ def test_cli_finetune_end_to_end(tmp_path, capsys):
         COMMANDS[bad.command](bad)
 
 
-@pytest.mark.parametrize("no_flip", [False, True])
-def test_cli_no_flip_augments_with_crops_only(tmp_path, monkeypatch, no_flip):
-    # digits: a mirrored 2 is not a 2, so --no-flip keeps the random crops and drops the flips
+@pytest.mark.parametrize("flags, flip, scale", [([], True, 1.125), (["--no-flip"], False, 1.125),
+                                                (["--no-crop"], True, 1.0)])
+def test_cli_no_flip_and_no_crop_choose_the_augmentation(tmp_path, monkeypatch, flags, flip, scale):
+    # digits: a mirrored 2 is not a 2, so --no-flip keeps the random crops and drops the flips; tiny images:
+    # --no-crop keeps the flips and drops the crops (a 1.125x resize and crop distorts a 14x14 garment)
     import imagegpt.finetune as ft
     from imagegpt.cli_probe import COMMANDS, add_parsers
 
     seen = []
 
     def spy(images, size, rng, **kwargs):
-        seen.append(kwargs["flip"])
+        seen.append((kwargs["flip"], kwargs["scale"]))
         return augment_images(images, size, rng, **kwargs)
 
     augment_images = ft.augment_images
@@ -239,6 +241,36 @@ def test_cli_no_flip_augments_with_crops_only(tmp_path, monkeypatch, no_flip):
     add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32), "--val-size",
                               "8", "--steps", "2", "--batch-size", "4", "--device", "cpu", "--quiet",
-                              *(["--no-flip"] if no_flip else []), "--out", str(tmp_path / "out")])  # fmt: skip
+                              *flags, "--out", str(tmp_path / "out")])  # fmt: skip
     assert COMMANDS[args.command](args) == 0
-    assert seen == [not no_flip] * 2  # one augmented batch per step
+    assert seen == [(flip, scale)] * 2  # one augmented batch per step
+    neither = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32),
+                                 "--no-crop", "--no-flip", "--out", str(tmp_path / "out2")])  # fmt: skip
+    with pytest.raises(ValueError, match="--no-crop with --no-flip leaves no augmentation: use --no-augment"):
+        COMMANDS[neither.command](neither)
+
+
+def test_flip_only_augmentation_trains_on_the_images_or_their_mirrors(pretrained, tmp_path, monkeypatch):
+    # crop=False: every training sequence is a training image's own tokens, or those of its left-right mirror
+    import imagegpt.finetune as ft
+
+    path, processor = pretrained
+    ids, labels, images = _data(processor, 48)
+    seen = []
+
+    def spy(model, lm_head, batch, batch_labels, gen_weight=0.0):
+        seen.append(batch.detach().cpu().numpy())
+        return joint_loss(model, lm_head, batch, batch_labels, gen_weight)
+
+    monkeypatch.setattr(ft, "joint_loss", spy)
+    cfg = FinetuneConfig(batch_size=8, max_steps=6, eval_interval=3, crop=False, progress=False)
+    finetune(path, (ids[:32], labels[:32], images[:32]), (ids[32:], labels[32:]), tmp_path / "ft", cfg)
+    grid = ids[:32, 1:].reshape(32, 8, 8)
+    plain = {row.tobytes() for row in ids[:32]}
+    mirrored = {np.concatenate([ids[i, :1], grid[i, :, ::-1].ravel()]).tobytes() for i in range(32)}
+    rows = [row for batch in seen for row in batch]
+    assert len(rows) == 6 * 8 and all(r.astype(ids.dtype).tobytes() in plain | mirrored for r in rows)
+    assert any(r.astype(ids.dtype).tobytes() in mirrored - plain for r in rows)  # some flips happened
+    assert any(r.astype(ids.dtype).tobytes() in plain - mirrored for r in rows)
+    with pytest.raises(ValueError, match="neither crop nor flip"):
+        FinetuneConfig(crop=False, flip=False)

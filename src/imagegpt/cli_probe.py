@@ -97,6 +97,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--no-augment", action="store_true", help="train on the images as they are")
     f.add_argument("--no-flip", action="store_true", help="augment with random crops only, never a left-right "
                    "flip (digits, text: a mirrored 2 is not a 2)")  # fmt: skip
+    f.add_argument("--no-crop", action="store_true", help="augment with left-right flips only, never a random crop "
+                   "(tiny images such as 14x14, where the 1.125x resize and crop distort what the test images show)")
     f.add_argument("--eval-interval", type=int, default=100, help="steps between validations (default 100)")
     f.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping "
                    "(default 5; 0 = never stop early)")  # fmt: skip
@@ -184,12 +186,14 @@ def _finetune(args) -> int:
     from imagegpt.processor import ImageGPTImageProcessor
     from imagegpt.viz import plot_confusion, plot_loss_curve
 
+    if args.no_crop and args.no_flip and not args.no_augment:
+        raise ValueError("--no-crop with --no-flip leaves no augmentation: use --no-augment instead")
     cfg = FinetuneConfig(batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
                          warmup_steps=args.warmup, weight_decay=args.weight_decay, gen_weight=args.gen_weight,
                          probe_init=args.probe_init, augment=not args.no_augment, flip=not args.no_flip,
-                         dropout=args.dropout, eval_interval=args.eval_interval, patience=args.patience,
-                         max_time_minutes=args.max_minutes, seed=args.seed, device=args.device, dtype=args.dtype,
-                         progress=not args.quiet)  # fmt: skip
+                         crop=not args.no_crop, dropout=args.dropout, eval_interval=args.eval_interval,
+                         patience=args.patience, max_time_minutes=args.max_minutes, seed=args.seed,
+                         device=args.device, dtype=args.dtype, progress=not args.quiet)  # fmt: skip
     processor = ImageGPTImageProcessor.from_pretrained(args.model)
     ids, y, images = load_labeled(args.data, args.labels, processor, args.limit, keep_images=not args.no_augment)
     if not 1 <= args.val_size < len(y):

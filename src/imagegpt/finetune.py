@@ -4,11 +4,11 @@
 linear head on the ``ln_f`` states averaged over positions) and trains every weight on labeled images, optionally
 with the paper's joint objective ``L = L_clf + gen_weight * L_gen`` (the next-pixel loss, through the pretrained LM
 head, is there to keep the features generative). Each step sees freshly augmented images (random crop after a
-1.125x resize, left-right flip unless ``flip=False``, as in pretraining). The head starts random, or
-(``probe_init``) from a linear probe of the pretrained features (:func:`init_head_from_probe`). Validation
-accuracy is measured every ``eval_interval`` steps; the best model is kept (written atomically, in transformers'
-format) and training stops after ``patience`` evaluations without improvement. :func:`evaluate_classifier` and
-:func:`confusion_matrix` measure the result.
+1.125x resize unless ``crop=False``, left-right flip unless ``flip=False``, as in pretraining). The head starts
+random, or (``probe_init``) from a linear probe of the pretrained features (:func:`init_head_from_probe`).
+Validation accuracy is measured every ``eval_interval`` steps; the best model is kept (written atomically, in
+transformers' format) and training stops after ``patience`` evaluations without improvement.
+:func:`evaluate_classifier` and :func:`confusion_matrix` measure the result.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class FinetuneConfig:
     probe_init: int = 0  # > 0: start the head from a linear probe on this many training images (LP-FT)
     augment: bool = True  # random crop + flip of every training batch
     flip: bool = True  # with augment: flip left-right half the time (off for digits and text, whose mirror differs)
+    crop: bool = True  # with augment: random crop after a 1.125x resize (off for tiny images, where it distorts)
     dropout: float | None = None  # resid/embd/attn dropout during fine-tuning (None keeps the checkpoint's)
     eval_interval: int = 100
     eval_batch_size: int = 64
@@ -76,6 +77,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if min(self.min_lr, self.warmup_steps, self.patience, self.gen_weight, self.probe_init) < 0 or self.lr <= 0:
             raise ValueError("lr must be > 0; min_lr, warmup_steps, patience, gen_weight and probe_init >= 0")
+        if self.augment and not (self.crop or self.flip):
+            raise ValueError("augment with neither crop nor flip changes nothing; set augment=False instead")
 
 
 def joint_loss(model: ImageGPTForImageClassification, lm_head: torch.nn.Module | None, ids: torch.Tensor,
@@ -282,7 +285,8 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
         idx = order[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
         if cfg.augment:
-            aug = augment_images(images[idx], size, rng, flip=cfg.flip, resample=processor.resample)
+            aug = augment_images(images[idx], size, rng, scale=1.125 if cfg.crop else 1.0, flip=cfg.flip,
+                                 resample=processor.resample)  # fmt: skip
             batch = processor(list(aug), return_tensors="pt", add_start_token=True,
                               input_data_format="channels_last")["input_ids"]  # fmt: skip
         else:
