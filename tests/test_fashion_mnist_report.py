@@ -32,8 +32,7 @@ def _rows(accs: list[float], mean: float | None = None) -> dict:
 
 
 def test_report_tables_and_plots(tmp_path):
-    out, images = tmp_path / "fm", tmp_path / "images"
-    images.mkdir()
+    out, images = tmp_path / "fm", tmp_path / "images" / "new"  # the report makes its --images folder
     _train_run(out / "base" / "train", 2, 1000)
     _write(out / "base" / "probe" / "probe.json", _rows([0.3, 0.80, 0.79]))
     _train_run(out / "long" / "train", 2, 2000)

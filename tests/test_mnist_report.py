@@ -17,8 +17,7 @@ def _write(path: Path, obj) -> None:
 
 
 def test_report_tables_and_plot(tmp_path):
-    out, images = tmp_path / "runs", tmp_path / "images"
-    images.mkdir()
+    out, images = tmp_path / "runs", tmp_path / "images" / "new"  # the report makes its --images folder
     log = [{"step": s, "loss": 0.3, "elapsed_s": s / 10, **({"val_loss": 0.5 - s / 10000} if s % 500 == 0 else {})}
            for s in range(100, 1001, 100)]  # fmt: skip
     _write(out / "train" / "log.jsonl", "\n".join(json.dumps(r) for r in log) + "\n")
