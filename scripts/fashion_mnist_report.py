@@ -122,7 +122,6 @@ def main() -> None:
     p.add_argument("--finetune-image", default="fmnist-long-finetune.png",
                    help="file name (in --images) of the fine-tunes' plot")
     args = p.parse_args()
-    args.images.mkdir(parents=True, exist_ok=True)  # the plots go there; a fresh --images folder is fine
     study(args.out, args.images, args.study_pixels)
     long_run(args.out, args.images, args.pixels)
     finetunes(args.out, args.images, args.finetune_image)

@@ -84,7 +84,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/mnist"))
     p.add_argument("--images", type=Path, default=Path("docs/images"))
     args = p.parse_args()
-    args.images.mkdir(parents=True, exist_ok=True)  # the plots go there; a fresh --images folder is fine
     val = pretraining(args.out)
     probes(args.out, val)
     finetunes(args.out, args.images)

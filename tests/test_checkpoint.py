@@ -188,6 +188,12 @@ def test_atomic_write_text_replaces_whole_file(tmp_path):
     assert target.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_atomic_write_creates_missing_folders(tmp_path):
+    target = tmp_path / "new" / "deeper" / "f.json"  # e.g. a report's --images folder that does not exist yet
+    atomic_write_text(target, "x")
+    assert target.read_text() == "x" and [p.name for p in target.parent.iterdir()] == ["f.json"]
+
+
 def test_hub_unreachable_fails_fast_with_one_clear_line(monkeypatch, tmp_path):
     import time
 

@@ -16,8 +16,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    Missing parent folders are created, so every writer (checkpoints, JSON, plots) accepts a new folder.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # mkstemp needs the folder the temporary file goes in
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

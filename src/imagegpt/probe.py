@@ -115,7 +115,6 @@ def extract_features(
 
     if cache_path is not None:
         path = Path(cache_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"layer_{layer}": x for layer, x in feats.items()}
 
         def write(tmp: Path) -> None:
