@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_forward import SHAPES, make_weights  # noqa: E402
 
-from imagegpt import ImageGPTForCausalImageModeling, sampling  # noqa: E402
+from imagegpt import ImageGPTForCausalImageModeling, cpu_decode, sampling  # noqa: E402
 from imagegpt.layers import Conv1D  # noqa: E402
 from imagegpt.pretrained import packaged_model_dir  # noqa: E402
 
@@ -115,7 +115,7 @@ def main() -> None:
             fn, label = steps(prompts, 48, None, args.threads), f"main job {tuple(prompts.shape)} decode step"
         else:
             packed = {"packed": True, "unpacked": False, "auto": None}[kind]
-            sampling.PACKED_MIN_BYTES = float("inf") if kind == "auto" else 64 * 2**20
+            cpu_decode.PACKED_MIN_BYTES = float("inf") if kind == "auto" else 64 * 2**20
             fn, label = steps(ids[:, :1].repeat(n, 1), args.new, packed, args.threads), f"{kind} decode step b{n}"
         t = interleaved(fn, models, args.reps)
         (a, b), (a_min, b_min) = ([f(t[k]) * 1e3 for k in models] for f in (statistics.median, min))

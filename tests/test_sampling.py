@@ -14,8 +14,6 @@ from imagegpt.sampling import (
     generate,
     iter_tokens,
     make_generator,
-    onednn_available,
-    packed_linears,
 )
 
 SHAPES = [
@@ -92,30 +90,6 @@ def test_fixed_shape_steps_equal_full_forward(attn):
         for pos in range(5, 30):
             cache.position.fill_(pos)
             torch.testing.assert_close(step(seq[:, pos : pos + 1], cache), full[:, pos], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
-def test_packed_cpu_linears_give_the_same_logits_and_are_removed_after():
-    model = randomize_(ImageGPTForCausalImageModeling(_config()).eval())
-    seq = prompt(model, 3, 20)  # 60 rows: under PACKED_MAX_ROWS, so the packed weights are used
-    with torch.inference_mode():
-        expected = model(seq).logits
-        long = prompt(model, 3, 30)  # 90 rows: a prefill, on the layers' own forward
-        expected_long = model(long).logits
-        with packed_linears(model, 3):
-            patched = [name for name, m in model.named_modules() if "forward" in vars(m)]
-            got, got_long = model(seq).logits, model(long).logits
-        assert not any("forward" in vars(m) for m in model.modules())
-    # every projection (Conv1D, weight (in, out), packed from its transpose) and the LM head (nn.Linear)
-    assert sorted(patched) == sorted([f"transformer.h.{i}.{p}" for i in range(2) for p in PROJECTIONS] + ["lm_head"])
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(got_long, expected_long, atol=0, rtol=0)
-    ids = prompt(model, 2, 3)
-    packed = generate(model, ids, max_length=65, cpu_packed=True)
-    assert torch.equal(packed, generate(model, ids, max_length=65, cpu_packed=False))
-
-
-PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 
 def _config(**overrides):
@@ -237,7 +211,7 @@ def test_prompt_groups_are_consecutive_runs_of_equal_length():
 
 def test_decode_threads_are_scoped_to_the_steps_and_restored():
     """Small models decode on one thread; the caller's setting holds between tokens and after the loop."""
-    from imagegpt.sampling import decode_threads
+    from imagegpt.cpu_decode import decode_threads
 
     model = ImageGPTForCausalImageModeling(ImageGPTConfig(**TINY)).eval()
     before = torch.get_num_threads()
@@ -263,30 +237,3 @@ def test_decode_threads_are_scoped_to_the_steps_and_restored():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="num_threads"):
         list(iter_tokens(model, prompt(model, 1, 1), 2, num_threads=0))
-
-
-def test_decode_weights_transposed_projections_for_several_rows():
-    """Unpacked CPU decoding of several rows runs the Conv1D projections on (out, in) copies (faster in MKL's sgemm
-    for a few rows); one row, cpu_packed=False (a model shared between threads) and packing leave them alone."""
-    from imagegpt.layers import Conv1D
-    from imagegpt.sampling import decode_weights
-
-    model = randomize_(ImageGPTForCausalImageModeling(_config()).eval())
-    seq = prompt(model, 3, 20)
-
-    def patched():
-        return sorted(name for name, m in model.named_modules() if "forward" in vars(m))
-
-    with torch.inference_mode():
-        expected = model(seq).logits
-        with decode_weights(model, 3, None):
-            assert patched() == sorted(f"transformer.h.{i}.{p}" for i in range(2) for p in PROJECTIONS)
-            assert all(isinstance(model.get_submodule(name), Conv1D) for name in patched())
-            got = model(seq).logits
-        assert patched() == []
-        for batch, cpu_packed in ((1, None), (3, False)):
-            with decode_weights(model, batch, cpu_packed):
-                assert patched() == []
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    ids = prompt(model, 2, 3)
-    assert torch.equal(generate(model, ids, max_length=40), generate(model, ids, max_length=40, cpu_packed=False))

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 
 from imagegpt.beam_search import beam_search
+from imagegpt.cpu_decode import decode_weights
 from imagegpt.decoding import Inputs, forward_step, new_cache, stop_flags
 from imagegpt.generation_config import GenerationConfig
 from imagegpt.logits_process import apply_processors, build_processors
 from imagegpt.outputs import GenerateDecoderOnlyOutput
-from imagegpt.sampling import _step_fn, decode_weights, iter_tokens, make_generator
+from imagegpt.sampling import _step_fn, iter_tokens, make_generator
 
 __all__ = ["generate", "GenerationConfig"]
 
