@@ -10,7 +10,7 @@
 #   OMP_NUM_THREADS=1 bash scripts/fashion_mnist_long.sh finetune STEP   # fine-tunes the checkpoint of STEP
 #   FT_AUGMENT=0 ... finetune STEP    # the same on the images as they are (no crops or flips): finetune-noaug-stepSTEP
 #   FT_AUGMENT=flip ... finetune STEP # left-right flips only, no crops: finetune-flip-stepSTEP
-#   FT_SEED=1 ... finetune STEP       # another seed (head init, batches, augmentation): output name gets -seed1
+#   FT_SEED=1 ... finetune STEP       # another seed (held-out images, head init, batches): output name gets -seed1
 # Needs: bash scripts/setup.sh; apt-get install -y dataset-fashion-mnist (or F=<dir with the IDX .gz files>).
 # Each step is skipped when its output exists; OUT (default runs/fm/long) holds everything.
 set -euo pipefail
