@@ -48,6 +48,14 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def prompt(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """(batch, length) random palette ids of ``model``'s vocabulary, each row led by the start token."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size - 1, (batch, length), generator=g)
+    ids[:, 0] = model.config.vocab_size - 1  # the start token leads
+    return ids
+
+
 def write_idx(path, array: np.ndarray, code: int) -> None:
     """Write ``array`` (uint8) as an IDX file with type ``code`` (0x803: images, 0x801: labels)."""
     path.write_bytes(struct.pack(">I", code) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())

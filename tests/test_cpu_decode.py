@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import randomize_, tiny_config
+from conftest import prompt, randomize_, tiny_config
 from imagegpt import ImageGPTForCausalImageModeling, cpu_decode
 from imagegpt.cpu_decode import PACKED_MAX_ROWS, decode_weights, onednn_available, packed_linears, use_packed
 from imagegpt.layers import Conv1D
@@ -16,12 +16,6 @@ PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 def _model() -> ImageGPTForCausalImageModeling:
     return randomize_(ImageGPTForCausalImageModeling(tiny_config()).eval())
-
-
-def prompt(model, batch: int, length: int) -> torch.Tensor:
-    ids = torch.randint(0, model.config.vocab_size - 1, (batch, length), generator=torch.Generator().manual_seed(0))
-    ids[:, 0] = model.config.vocab_size - 1  # the start token leads
-    return ids
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY, randomize_
+from conftest import TINY, prompt, randomize_
 from imagegpt import ImageGPTConfig, ImageGPTForCausalImageModeling, KVCache
 from imagegpt.sampling import (
     _step_fn,
@@ -29,13 +29,6 @@ def pair(transformers, tmp_path, **overrides):
     hf = randomize_(transformers.ImageGPTForCausalImageModeling(cfg).eval())
     hf.save_pretrained(tmp_path)
     return hf, ImageGPTForCausalImageModeling.from_pretrained(tmp_path).eval()
-
-
-def prompt(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size - 1, (batch, length), generator=g)
-    ids[:, 0] = model.config.vocab_size - 1  # the start token leads
-    return ids
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["tiny", "wide", "one-layer"])
