@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,27 @@ def test_init_refuses_to_overwrite_and_errors_are_one_line(tmp_path, capsys):
     assert main(["score", "--model", str(tmp_path / "nope"), str(EXAMPLES[0])]) == 2
     err = capsys.readouterr().err
     assert err.startswith("imagegpt score: error:") and "Traceback" not in err
+
+
+def test_init_like_copies_config_and_palette_with_fresh_weights(tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    src = tmp_path / "src"
+    assert main(["init", "--preset", "tiny", "--out", str(src), "--seed", "1"]) == 0
+    (src / "preprocessor_config.json").write_text(  # a palette init would never write: --like must carry it over
+        (src / "preprocessor_config.json").read_text().replace('"height": 16', '"height": 15'))
+    assert main(["init", "--like", str(src), "--out", str(tmp_path / "a")]) == 0
+    assert main(["init", "--like", str(src), "--out", str(tmp_path / "b")]) == 0
+    for name in ("config.json", "preprocessor_config.json"):
+        assert json.loads((tmp_path / "a" / name).read_text()) == json.loads((src / name).read_text())
+    weights = {d: load_file(tmp_path / d / "model.safetensors") for d in ("src", "a", "b")}
+    key = "transformer.h.0.attn.c_attn.weight"
+    assert weights["a"][key].shape == weights["src"][key].shape
+    assert not np.array_equal(weights["a"][key], weights["src"][key])  # fresh weights, not a copy
+    assert all(np.array_equal(weights["a"][k], weights["b"][k]) for k in weights["a"])  # the seed decides them
+    capsys.readouterr()
+    assert main(["init", "--like", str(src), "--preset", "tiny", "--out", str(tmp_path / "c")]) == 2
+    assert "either --preset or --like" in capsys.readouterr().err
 
 
 def test_module_entry_point():

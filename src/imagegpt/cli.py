@@ -62,12 +62,18 @@ def _parser() -> argparse.ArgumentParser:
         help="create a model with random weights and a uniform palette",
         description="Write a new model directory (config.json, model.safetensors, preprocessor_config.json) "
         "with transformers' random initialization and a uniform RGB palette: a starting point for training, "
-        "and a quick way to try the tools before a trained model is at hand.",
-        epilog="example:\n  imagegpt init --preset tiny --out runs/tiny && imagegpt info runs/tiny",
+        "and a quick way to try the tools before a trained model is at hand. With --like, another model's "
+        "configuration and palette instead: the from-scratch control of a fine-tuning comparison.",
+        epilog="examples:\n  imagegpt init --preset tiny --out runs/tiny && imagegpt info runs/tiny\n"
+        "  imagegpt init --like runs/fm/train/final --out runs/scratch   # a from-scratch baseline of that model",
     )
     s.add_argument("--out", required=True, type=Path, help="directory to create")
-    s.add_argument("--preset", default="tiny", choices=[*TINY_PRESETS, "small", "medium", "large"],
-                   help="model size: tiny (2x64, 16x16 px), mini (8x256, 32x32), or OpenAI's small/medium/large")
+    s.add_argument("--preset", choices=[*TINY_PRESETS, "small", "medium", "large"],
+                   help="model size: tiny (2x64, 16x16 px), mini (8x256, 32x32), or OpenAI's small/medium/large "
+                   "(default: tiny)")
+    s.add_argument("--like", metavar="MODEL", help="instead of a preset: the configuration and palette of this "
+                   "model (directory, packaged name or Hub id) with fresh random weights, e.g. the untrained "
+                   "baseline of a fine-tuning comparison")
     s.add_argument("--seed", type=int, default=0, help="seed of the random weights, 0 .. 2**63-1 (default 0)")
     s.add_argument("--force", action="store_true", help="overwrite a model already in --out")
 
@@ -212,20 +218,30 @@ def _init(args) -> int:
 
     if (args.out / "config.json").exists() and not args.force:
         raise FileExistsError(f"{args.out} already holds a model; pass --force to overwrite it")
-    if args.preset in TINY_PRESETS:
-        spec = dict(TINY_PRESETS[args.preset])
-        side, levels = spec.pop("image_size"), spec.pop("palette_levels")
+    if args.like is not None:  # a from-scratch twin of a model: its shapes and palette, fresh weights
+        if args.preset is not None:
+            raise ValueError("pass either --preset or --like, not both")
+        config = ImageGPTConfig.from_pretrained(args.like)
+        processor = ImageGPTImageProcessor.from_pretrained(args.like)
+        what = f"the configuration and palette of {args.like}"
     else:
-        spec, side, levels = ImageGPTConfig.preset(args.preset).to_dict(), 32, 8
-    clusters = uniform_palette(levels)
-    config = ImageGPTConfig(**{**spec, "vocab_size": len(clusters) + 1, "n_positions": side * side,
-                               "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})  # fmt: skip
+        preset = args.preset or "tiny"
+        if preset in TINY_PRESETS:
+            spec = dict(TINY_PRESETS[preset])
+            side, levels = spec.pop("image_size"), spec.pop("palette_levels")
+        else:
+            spec, side, levels = ImageGPTConfig.preset(preset).to_dict(), 32, 8
+        clusters = uniform_palette(levels)
+        config = ImageGPTConfig(**{**spec, "vocab_size": len(clusters) + 1, "n_positions": side * side,
+                                   "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})  # fmt: skip
+        processor = ImageGPTImageProcessor(clusters=clusters, size={"height": side, "width": side})
+        what = f"{side}x{side} pixels, {len(clusters)}-color palette"
     torch.manual_seed(args.seed)
     model = ImageGPTForCausalImageModeling(config)
     model.save_pretrained(args.out)
-    ImageGPTImageProcessor(clusters=clusters, size={"height": side, "width": side}).save_pretrained(args.out)
-    print(f"wrote {args.out}: {model.num_parameters() / 1e6:.2f} M parameters, {side}x{side} pixels, "
-          f"{len(clusters)}-color palette (random weights: train before expecting pictures)")  # fmt: skip
+    processor.save_pretrained(args.out)
+    print(f"wrote {args.out}: {model.num_parameters() / 1e6:.2f} M parameters, {what} "
+          f"(random weights, seed {args.seed}: train before expecting pictures)")  # fmt: skip
     return 0
 
 
