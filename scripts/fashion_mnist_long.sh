@@ -11,6 +11,8 @@
 #   FT_AUGMENT=0 ... finetune STEP    # the same on the images as they are (no crops or flips): finetune-noaug-stepSTEP
 #   FT_AUGMENT=flip ... finetune STEP # left-right flips only, no crops: finetune-flip-stepSTEP
 #   FT_SEED=1 ... finetune STEP       # another seed (held-out images, head init, batches): output name gets -seed1
+#   FT_INIT=scratch ... finetune STEP # the control: STEP's model shape and palette with random weights (no
+#                                     # pretraining), the same recipe: output name gets -scratch
 # Needs: bash scripts/setup.sh; apt-get install -y dataset-fashion-mnist (or F=<dir with the IDX .gz files>).
 # Each step is skipped when its output exists; OUT (default runs/fm/long) holds everything.
 set -euo pipefail
@@ -24,7 +26,7 @@ LAYERS=4 WIDTH=136 HEADS=4 LR=2e-3 GRAYS=8   # the study's choice (see docs/resu
 STEPS=6000 BATCH=32                            # 192,000 images = 3.4 epochs
 PROBE_N=20000 CS="0.1 1 10 100 1000"           # probe: the first 20,000 training images, all 10,000 test images
 FT_STEPS=${FT_STEPS:-3600} FT_MINUTES=${FT_MINUTES:-45}   # fine-tuning: 3,600 steps of 32 images = 2 epochs
-FT_AUGMENT=${FT_AUGMENT:-1} FT_SEED=${FT_SEED:-0}
+FT_AUGMENT=${FT_AUGMENT:-1} FT_SEED=${FT_SEED:-0} FT_INIT=${FT_INIT:-pretrained}
 [[ $FT_SEED =~ ^[0-9]+$ ]] || { echo "FT_SEED must be a non-negative integer, got $FT_SEED" >&2; exit 2; }
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
     [ -f "$F/$f.gz" ] || { echo "missing $F/$f.gz: apt-get install -y dataset-fashion-mnist (or set F=)" >&2; exit 1; }
@@ -74,6 +76,14 @@ finetune)
     0) FT_OUT=$OUT/finetune-noaug-step$S AUG=(--no-augment) ;;
     flip) FT_OUT=$OUT/finetune-flip-step$S AUG=(--no-crop) ;;
     *) echo "FT_AUGMENT must be 1 (crops and flips), 0 (none) or flip (flips only), got $FT_AUGMENT" >&2; exit 2 ;;
+    esac
+    case $FT_INIT in
+    pretrained) ;;
+    scratch)  # the same shape and tokens, untrained: what the fine-tune owes to pretraining
+        FT_OUT=$FT_OUT-scratch INIT=$OUT/scratch-init-step$S-seed$FT_SEED
+        [ -f "$INIT/config.json" ] || $IG init --like "$ck" --seed "$FT_SEED" --out "$INIT"
+        ck=$INIT ;;
+    *) echo "FT_INIT must be pretrained or scratch, got $FT_INIT" >&2; exit 2 ;;
     esac
     [ "$FT_SEED" = 0 ] || FT_OUT=$FT_OUT-seed$FT_SEED   # seed 0 keeps the names of the documented runs
     [ -f "$FT_OUT/finetune.json" ] || $IG finetune --model "$ck" "${TRAIN[@]}" "${TEST[@]}" "${AUG[@]}" \
