@@ -27,26 +27,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from imagegpt.datasets import load_labeled, open_source, read_labels
-from imagegpt.processor import ImageGPTImageProcessor
+from imagegpt.datasets import open_source, read_labels
+from imagegpt.processor import ImageGPTImageProcessor, color_quantize
 
 
 def gray_versions(images: str, labels: str, processor: ImageGPTImageProcessor, limit: int | None = None
                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:  # fmt: skip
-    """The three versions of the images as (N, 1, H, W) float32 in [-1, 1] (the mean of the channels), and labels."""
+    """The three versions of the images as (N, 1, H, W) float32 in [-1, 1] (the mean of the channels), and labels.
+
+    The images are read and resized once; the tokens quantize those resized pixels with the processor's own
+    ``color_quantize``, so they are the ids ``load_labeled`` gives the model."""
     source, y = open_source(images), read_labels(labels)
+    if len(y) != len(source):
+        raise ValueError(f"{labels} holds {len(y)} labels for {len(source)} images in {images}")
     n = len(source) if limit is None else min(limit, len(source))
-    _, images_u8 = source.read(0, n)  # (N, H, W, C) uint8
-    raw = np.asarray(images_u8, dtype=np.float32).mean(-1)  # (N, H, W)
+    index, images_u8 = source.read(0, n)  # (N, H, W, C) uint8; folders skip unreadable files, so keep ``index``
     resized = processor(list(images_u8), return_tensors="np", do_color_quantize=False,
-                        input_data_format="channels_last")["pixel_values"].mean(1)  # (N, h, w) in [-1, 1]
-    ids, y_ids, _ = load_labeled(images, labels, processor, limit=n)
+                        input_data_format="channels_last")["pixel_values"]  # (N, 3, h, w) in [-1, 1]
+    ids = color_quantize(resized.transpose(0, 2, 3, 1), processor.clusters, processor.chunk_size)  # (N, h, w)
     gray = np.asarray(processor.clusters, dtype=np.float32).mean(1)  # each palette entry's gray level
-    h, w = resized.shape[1:]
-    tokens = gray[ids[:, 1:]].reshape(-1, h, w)  # drop the start token
-    assert np.array_equal(y_ids, y[:n])
-    out = {"raw": raw / 127.5 - 1, "resized": resized, "tokens": tokens}
-    return {k: v[:, None].astype(np.float32) for k, v in out.items()}, y[:n]
+    raw = np.asarray(images_u8, dtype=np.float32).mean(-1) / 127.5 - 1  # (N, H, W)
+    out = {"raw": raw, "resized": resized.mean(1), "tokens": gray[ids]}
+    return {k: v[:, None].astype(np.float32) for k, v in out.items()}, y[index]
 
 
 def small_cnn(side: int, classes: int) -> nn.Module:

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from imagegpt.datasets import load_labeled
 from imagegpt.palette import grayscale_palette, save_palette
 from imagegpt.processor import ImageGPTImageProcessor
 
@@ -39,7 +41,14 @@ def test_gray_versions_are_the_models_pixels(tmp_path):
     # each token is the palette gray nearest its resized pixel
     nearest = grays[np.abs(versions["resized"][..., None] - grays).argmin(-1)]
     assert np.allclose(versions["tokens"], nearest, atol=1e-6)
-    assert np.array_equal(y, np.load(labels))
+    # exactly the pixels the model reads: the ids of load_labeled (probe, finetune), start token dropped
+    ids, y_model, _ = load_labeled(str(images), str(labels), processor)
+    gray32 = np.asarray(processor.clusters, np.float32).mean(1)
+    assert np.array_equal(versions["tokens"][:, 0], gray32[ids[:, 1:]].reshape(-1, 14, 14))
+    assert np.array_equal(y, np.load(labels)) and np.array_equal(y, y_model)
+    np.save(tmp_path / "short_labels.npy", np.load(labels)[:19])
+    with pytest.raises(ValueError, match="holds 19 labels for 20 images"):
+        input_ceiling.gray_versions(str(images), str(tmp_path / "short_labels.npy"), processor)
 
 
 def test_script_trains_three_cnns_and_writes_json(tmp_path):
