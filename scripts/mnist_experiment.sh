@@ -23,9 +23,11 @@ PROBE_N=20000      # probe on the first PROBE_N training images, test on all 10,
 CS="0.01 0.1 1 10 100"
 # fine-tuning: 1000 steps of 32 images = 0.54 epoch, into finetune/. Variants write beside it, named by what
 # differs: FT_STEPS=3600 (2 epochs) -> finetune-3600/; FT_AUG=crop (random crops after a 1.125x resize, never a
-# flip) -> ...-crop; FT_DROPOUT=0.1 -> ...-drop0.1. FT_EVAL: steps between validations; FT_MINUTES caps the time
+# flip) -> ...-crop; FT_DROPOUT=0.1 -> ...-drop0.1; FT_INIT=scratch (the control: the pretrained model's shape and
+# palette with random weights, no pretraining) -> ...-scratch; FT_SEED=1 (held-out images, head init, batches and,
+# with FT_INIT=scratch, the weights) -> ...-seed1. FT_EVAL: steps between validations; FT_MINUTES caps the time
 FT_STEPS=${FT_STEPS:-1000} FT_MINUTES=${FT_MINUTES:-16} FT_EVAL=${FT_EVAL:-150} FT_AUG=${FT_AUG:-none}
-FT_DROPOUT=${FT_DROPOUT:-}
+FT_DROPOUT=${FT_DROPOUT:-} FT_INIT=${FT_INIT:-pretrained} FT_SEED=${FT_SEED:-0}
 FT_OUT=$OUT/finetune
 [ "$FT_STEPS" = 1000 ] || FT_OUT=$OUT/finetune-$FT_STEPS
 case $FT_AUG in
@@ -34,6 +36,14 @@ case $FT_AUG in
     *) echo "FT_AUG must be none or crop, got $FT_AUG" >&2; exit 1 ;;
 esac
 [ -z "$FT_DROPOUT" ] || { FT_ARGS+=(--dropout "$FT_DROPOUT"); FT_OUT=$FT_OUT-drop$FT_DROPOUT; }
+FT_MODEL=$OUT/train/final
+case $FT_INIT in
+    pretrained) ;;
+    scratch) FT_OUT=$FT_OUT-scratch FT_MODEL=$OUT/scratch-init-seed$FT_SEED ;;  # made in step 5
+    *) echo "FT_INIT must be pretrained or scratch, got $FT_INIT" >&2; exit 2 ;;
+esac
+[[ $FT_SEED =~ ^[0-9]+$ ]] || { echo "FT_SEED must be a non-negative integer, got $FT_SEED" >&2; exit 2; }
+[ "$FT_SEED" = 0 ] || FT_OUT=$FT_OUT-seed$FT_SEED   # seed 0 keeps the names of the documented runs
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
     [ -f "$M/$f.gz" ] || { echo "missing $M/$f.gz: give the MNIST IDX directory as the first argument" >&2; exit 1; }
 done
@@ -64,10 +74,14 @@ for s in 500 1500; do
 done
 
 # 5. fine-tuning with the joint loss (classification + 0.5 next-pixel), the head started from a linear probe
-#    on 5,000 images (LP-FT); 1,000 training images held out to pick the best step; by default no augmentation
-[ -f "$FT_OUT/finetune.json" ] || $IG finetune --model "$OUT/train/final" "${TRAIN[@]}" "${TEST[@]}" \
+#    on 5,000 images (LP-FT); 1,000 training images held out to pick the best step; by default no augmentation.
+#    FT_INIT=scratch first writes the untrained twin of the pretrained model: what the fine-tune owes to pretraining
+[ "$FT_INIT" = pretrained ] || [ -f "$FT_MODEL/config.json" ] || $IG init --like "$OUT/train/final" \
+    --seed "$FT_SEED" --out "$FT_MODEL"
+[ -f "$FT_OUT/finetune.json" ] || $IG finetune --model "$FT_MODEL" "${TRAIN[@]}" "${TEST[@]}" \
     --val-size 1000 --probe-init 5000 --steps $FT_STEPS --batch-size 32 --lr 2e-4 --gen-weight 0.5 \
-    "${FT_ARGS[@]}" --eval-interval $FT_EVAL --patience 0 --max-minutes $FT_MINUTES --quiet --out "$FT_OUT"
+    "${FT_ARGS[@]}" --eval-interval $FT_EVAL --patience 0 --max-minutes $FT_MINUTES --seed "$FT_SEED" --quiet \
+    --out "$FT_OUT"
 
 # 6. the raw-pixel baseline on MNIST's own 28x28 images (784 pixels), same split and C grid (about 30 s)
 [ -f "$OUT/pixels28.json" ] || .venv/bin/python - "$M" > "$OUT/pixels28.json" <<'PY'

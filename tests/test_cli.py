@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagegpt.cli import main
+from imagegpt.cli import _parser, main
 from imagegpt.viz import HEADER_HEIGHT
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.png"))
@@ -26,6 +27,13 @@ def test_help_texts(command, capsys):
     assert "usage: imagegpt" in out
     if not command:
         assert "examples:" in out and "score" in out
+
+
+def test_every_option_of_every_command_is_explained():
+    (commands,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    silent = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, sub in commands.choices.items()
+              for a in sub._actions if not a.help]  # fmt: skip
+    assert len(commands.choices) > 10 and silent == []
 
 
 def test_init_info_score_end_to_end(tmp_path, capsys):

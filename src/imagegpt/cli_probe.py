@@ -62,7 +62,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations per fit (default 1000)")
     s.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     s.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda when available)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seeds the validation split that picks C and, "
+                   "without --test-data, the held-out test images (default 0)")  # fmt: skip
     s.add_argument("--out", type=Path, default=Path("runs/probe"), help="output directory (default runs/probe)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -86,9 +87,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--steps", type=int, default=2000, help="maximum optimizer steps (default 2000)")
     f.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     f.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, cosine to --min-lr (default 3e-4)")
-    f.add_argument("--min-lr", type=float, default=1e-5)
+    f.add_argument("--min-lr", type=float, default=1e-5, help="where the cosine schedule ends (default 1e-5)")
     f.add_argument("--warmup", type=int, default=50, help="warmup steps (default 50)")
-    f.add_argument("--weight-decay", type=float, default=0.01)
+    f.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay (default 0.01)")
     f.add_argument("--gen-weight", type=float, default=0.0, help="weight of the next-pixel loss in the joint loss "
                    "(the paper: 0.5-1; default 0 = classification only)")  # fmt: skip
     f.add_argument("--probe-init", type=int, default=0, metavar="N", help="start the head from a linear probe on "
@@ -106,7 +107,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda when available)")
     f.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="autocast of the training steps (default auto: bfloat16 on CUDA, float32 on the CPU)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="seeds the held-out images, the head's init, the batches and "
+                   "the augmentation (default 0)")  # fmt: skip
     f.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory (default "
                    "runs/finetune)")  # fmt: skip
     f.add_argument("--quiet", action="store_true", help="no progress bars")

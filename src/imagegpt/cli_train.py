@@ -49,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--grayscale", action="store_true", help="fit k grays (for gray images such as MNIST)")
     s.add_argument("--sample-pixels", type=int, default=1_000_000, help="pixels sampled for fitting (default 1M)")
     s.add_argument("--size", type=int, default=32, help="images are resized to size x size pixels (default 32)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seeds the pixel sample and the k-means starts (default 0)")
     s.add_argument("--out", type=Path, required=True, help="directory for preprocessor_config.json")
 
     s = sub.add_parser("tokenize", help="quantize images to palette-id shards for training", formatter_class=fmt,
