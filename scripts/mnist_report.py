@@ -64,7 +64,7 @@ def plot_finetune_epochs(runs: list[tuple[str, dict, list[dict]]], path: Path, x
                     ylabel="validation accuracy (1,000 images)", xlabel=xlabel)
 
 
-def finetunes(out: Path, images: Path) -> None:
+def finetunes(out: Path, images: Path, image_name: str = "mnist-finetune-epochs.png") -> None:
     """A table of the fine-tunes (finetune/, finetune-STEPS/) and their validation accuracy against epochs."""
     runs = sorted(((p, json.loads(p.read_text())) for p in out.glob("finetune*/finetune.json")),
                   key=lambda run: run[1]["steps"])  # fmt: skip
@@ -76,17 +76,19 @@ def finetunes(out: Path, images: Path) -> None:
         print(f"| {path.parent.name} | {res['steps']} ({res['steps'] * epochs_per_step(res):.2f}) | "
               f"{res['seconds'] / 60:.1f} | {res['best_step']}: {res['best_val_acc']:.3f} | {res['test_acc']:.4f} |")
     named = [(p.parent.name, res, json.loads((p.parent / "history.json").read_text())) for p, res in runs]
-    plot_finetune_epochs(named, images / "mnist-finetune-epochs.png", "epochs of fine-tuning (59,000 images)")
+    plot_finetune_epochs(named, images / image_name, "epochs of fine-tuning (59,000 images)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/mnist"))
     p.add_argument("--images", type=Path, default=Path("docs/images"))
+    p.add_argument("--finetune-image", default="mnist-finetune-epochs.png",
+                   help="file name (in --images) of the fine-tunes' plot")
     args = p.parse_args()
     val = pretraining(args.out)
     probes(args.out, val)
-    finetunes(args.out, args.images)
+    finetunes(args.out, args.images, args.finetune_image)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,6 @@ def test_report_tables_and_plot(tmp_path):
                   "| finetune-300 | 300 (9.60) | 3.0 | 300: 0.970 | 0.9600 |"]  # fmt: skip
     plot = np.asarray(Image.open(images / "mnist-finetune-epochs.png").convert("RGB"))
     assert plot.shape == (440, 720, 3) and (plot < 200).any()
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "mnist_report.py"), "--out", str(out), "--images",
+                    str(images), "--finetune-image", "other.png"], capture_output=True, check=True)  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(images / "other.png").convert("RGB")), plot)  # same runs, same plot
