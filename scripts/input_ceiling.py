@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imagegpt.atomic import atomic_write_text
 from imagegpt.datasets import open_source, read_labels
 from imagegpt.processor import ImageGPTImageProcessor, color_quantize
 
@@ -124,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"train_images": len(y) - args.val_size, "val_images": args.val_size, "test_images": len(y_test),
               "epochs": args.epochs, "seed": args.seed, "threads": torch.get_num_threads(),
               "palette_colors": len(processor.clusters), "rows": rows}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")  # makes the folder; a crash keeps the old file
     print("| input | size | best epoch | val acc | test acc | seconds |\n|---|---|---:|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['side']}x{r['side']} | {r['best_epoch']} | {r['val_acc']:.4f} | {r['test_acc']:.4f} "
