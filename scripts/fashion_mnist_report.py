@@ -1,6 +1,7 @@
 """Tables and plots of docs/results.md's Fashion-MNIST study, from the runs of scripts/fashion_mnist_study.sh and
-scripts/fashion_mnist_long.sh: reads OUT/<variant>/train/{train_config.json,log.jsonl} and the probe.json files,
-prints markdown tables and writes the plots (Pillow only) into --images.
+scripts/fashion_mnist_long.sh: reads OUT/<variant>/train/{train_config.json,log.jsonl} (OUT/<variant>-<steps>/ for
+a variant pretrained for another length) and the probe.json files, prints markdown tables and writes the plots
+(Pillow only) into --images.
 
     .venv/bin/python scripts/fashion_mnist_report.py --out runs/fm --images docs/images
 """
@@ -95,6 +96,38 @@ def long_run(out: Path, images: Path, pixels: float | None) -> None:
                         ylabel="linear probe test accuracy", xlabel="pretraining steps (32 images each)")
 
 
+def longer(out: Path, images: Path, pixels: float | None) -> None:
+    """Study variants pretrained for another length (OUT/<variant>-<steps>, ``STEPS=`` of fashion_mnist_study.sh):
+    a table of every probed checkpoint, and accuracy against depth with one line per checkpoint."""
+    runs = sorted((d for v in VARIANTS for d in out.glob(f"{v}-*")
+                   if d.name[len(v) + 1:].isdigit() and (d / "probe" / "probe.json").is_file()),
+                  key=lambda d: d.name)  # fmt: skip
+    for d in runs:
+        steps = int(d.name.rsplit("-", 1)[1])
+        log = read_log(d / "train" / "log.jsonl")
+        val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
+        minutes = max(r.get("elapsed_s", 0) for r in log) / 60
+        print(f"\n{d.name}: {steps} steps, {minutes:.1f} min of pretraining")
+        print("\n| checkpoint | val loss | test acc per layer, 1 to the last | best layer | last |")
+        print("|---|---:|---|---:|---:|")
+        probes = {int(p.parent.name[10:]): p for p in d.glob("probe-step*/probe.json")}
+        probes[steps] = d / "probe" / "probe.json"  # the final model
+        depth: dict[int, dict] = {}
+        for step in sorted(probes):
+            layered = _layered(_probe(probes[step]))[1:]
+            best = max(layered, key=lambda r: r["test_acc"])
+            accs = ", ".join(f"{r['test_acc']:.3f}" for r in layered)
+            print(f"| step {step} | {val.get(step, float('nan')):.4f} | {accs} | {best['test_acc']:.4f} "
+                  f"({best['layer']}) | {layered[-1]['test_acc']:.4f} |")  # fmt: skip
+            for r in layered:  # x axis: the layer; one key per checkpoint
+                depth.setdefault(r["layer"], {"step": r["layer"], "pixels": pixels})[f"s{step}"] = r["test_acc"]
+        curves = [(f"s{step}", f"step {step}") for step in sorted(probes)][-6:]  # at most 7 lines in a plot
+        if pixels is not None:
+            curves.append(("pixels", "raw pixels"))
+        plot_loss_curve(sorted(depth.values(), key=lambda r: r["step"]), images / f"fmnist-{d.name}-depth.png",
+                        curves=curves, ylabel="linear probe test accuracy", xlabel="layer (last: ln_f)")
+
+
 def finetunes(out: Path, images: Path, image_name: str) -> None:
     """The long run's fine-tunes (finetune-stepS, finetune-noaug-stepS, finetune-flip-stepS): a table, and their
     validation accuracy against epochs drawn into ``images / image_name``."""
@@ -123,6 +156,7 @@ def main() -> None:
                    help="file name (in --images) of the fine-tunes' plot")
     args = p.parse_args()
     study(args.out, args.images, args.study_pixels)
+    longer(args.out, args.images, args.study_pixels)
     long_run(args.out, args.images, args.pixels)
     finetunes(args.out, args.images, args.finetune_image)
 

@@ -59,3 +59,23 @@ def test_report_tables_and_plots(tmp_path):
         plot = np.asarray(Image.open(images / name).convert("RGB"))
         assert plot.shape == (440, 720, 3) and (plot < 200).any(), name
     assert not (images / "fmnist-long-finetune.png").exists()
+
+
+def test_a_variant_pretrained_longer_gets_a_row_per_probed_checkpoint_and_a_depth_plot(tmp_path):
+    out, images = tmp_path / "fm", tmp_path / "images"
+    _train_run(out / "deep-2000" / "train", 3, 2000)
+    _write(out / "deep-2000" / "probe" / "probe.json", _rows([0.3, 0.80, 0.83, 0.81]))
+    _write(out / "deep-2000" / "probe-step1000" / "probe.json", _rows([0.3, 0.79, 0.80, 0.80]))
+    _write(out / "lr4e-3-2000" / "train" / "log.jsonl", "")  # not probed yet: no table
+    _write(out / "deep-old" / "probe" / "probe.json", _rows([0.3, 0.5]))  # not a length: ignored
+    cmd = [sys.executable, str(ROOT / "scripts" / "fashion_mnist_report.py"), "--out", str(out), "--images",
+           str(images), "--study-pixels", "0.79"]  # fmt: skip
+    lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "deep-2000: 2000 steps, 20.0 min of pretraining" in lines
+    assert not any("lr4e-3" in line or "deep-old" in line for line in lines)
+    steps = [line for line in lines if line.startswith("| step")]  # checkpoints in order, the final model last
+    assert steps == ["| step 1000 | 0.5000 | 0.790, 0.800, 0.800 | 0.8000 (2) | 0.8000 |",
+                     "| step 2000 | 0.4000 | 0.800, 0.830, 0.810 | 0.8300 (2) | 0.8100 |"]  # fmt: skip
+    plot = np.asarray(Image.open(images / "fmnist-deep-2000-depth.png").convert("RGB"))
+    assert plot.shape == (440, 720, 3) and (plot < 200).any()
+    assert not (images / "fmnist-deep-old-depth.png").exists()
