@@ -17,7 +17,8 @@ from imagegpt.model import ImageGPTModel
 
 pytest.importorskip("sklearn")
 
-from imagegpt.probe import extract_features, fit_probe, plot_probe, probe_layers, raw_pixel_baseline  # noqa: E402
+from imagegpt.probe import (  # noqa: E402
+    extract_features, fit_probe, mcnemar, plot_probe, probe_layers, raw_pixel_baseline, refit_probe)
 
 
 def _ids(n: int, length: int, vocab: int = 17, seed: int = 0) -> torch.Tensor:
@@ -202,3 +203,25 @@ def test_cli_probe_groups_must_match_the_training_images(tmp_path, capsys):
     np.save(tmp_path / "groups.npy", np.arange(31))
     with pytest.raises(ValueError, match="31 group ids for the 32 labels"):
         COMMANDS[args.command](args)
+
+
+def test_mcnemar_counts_and_exact_p():
+    a = np.array([1] * 10 + [0] * 2 + [1] * 50, bool)
+    b = np.array([0] * 10 + [1] * 2 + [1] * 50, bool)
+    res = mcnemar(a, b)
+    assert (res["only_a"], res["only_b"]) == (10, 2)
+    assert res["z"] == pytest.approx(8 / 12**0.5)
+    assert res["p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 2 P(X <= 2), X ~ Bin(12, 1/2)
+    assert mcnemar(a, a)["p"] == 1.0  # no discordant examples: nothing to tell them apart
+    with pytest.raises(ValueError, match="different examples"):
+        mcnemar(a, a[:5])
+
+
+def test_refit_probe_is_what_probe_layers_scores():
+    rng = np.random.default_rng(1)
+    y, ty = rng.integers(0, 2, 200), rng.integers(0, 2, 100)
+    x = (np.eye(2)[y] + rng.normal(size=(200, 2))).astype(np.float32)
+    tx = (np.eye(2)[ty] + rng.normal(size=(100, 2))).astype(np.float32)
+    row = probe_layers({1: x}, y, {1: tx}, ty, Cs=[0.1, 10], max_iter=300)[0]
+    acc = (refit_probe(x, y, row["C"], max_iter=300).predict(tx) == ty).mean()
+    assert acc == row["test_acc"]

@@ -3,13 +3,16 @@
 :func:`extract_features` runs the model once per batch and keeps every requested layer's features;
 :func:`fit_probe` picks the inverse regularization ``C`` on a validation split; :func:`probe_layers` probes
 each layer (and optionally a concatenation of layers); :func:`raw_pixel_baseline` is the same classifier on
-pixels; :func:`plot_probe` draws accuracy against layer. scikit-learn is an optional extra, imported on use.
+pixels; :func:`refit_probe` refits one probe of a chosen ``C``, and :func:`mcnemar` tells two probes scored on
+the same test examples apart; :func:`plot_probe` draws accuracy against layer. scikit-learn is an optional extra,
+imported on use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -26,7 +29,8 @@ from imagegpt.atomic import atomic_write as _atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProbeResult", "extract_features", "fit_probe", "probe_layers", "raw_pixel_baseline", "plot_probe"]
+__all__ = ["ProbeResult", "extract_features", "fit_probe", "refit_probe", "mcnemar", "probe_layers",
+           "raw_pixel_baseline", "plot_probe"]
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
 
@@ -182,6 +186,29 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y
     return best
 
 
+def refit_probe(x: np.ndarray, y: np.ndarray, C: float, max_iter: int = 1000, seed: int = 0) -> Any:
+    """The probe of a chosen ``C`` fitted on all of (x, y): what `probe_layers` scores on the test examples. A
+    fitted scikit-learn pipeline (standardize, then lbfgs logistic regression): ``.predict(test_x)``."""
+    return _fit(_classifier(C, max_iter, seed), x, y, C, max_iter)
+
+
+def mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> dict[str, float]:
+    """McNemar's paired test of two classifiers scored on the same examples (boolean arrays, True = right):
+    {"only_a", "only_b"} count the examples only one of them gets right, ``z`` = (only_a - only_b) /
+    sqrt(only_a + only_b), ``p`` the exact two-sided p-value of only_a against Binomial(only_a + only_b, 1/2).
+    Two accuracies on one test set are correlated, so this tells them apart more surely than their standard
+    errors do."""
+    right_a, right_b = np.asarray(right_a, bool), np.asarray(right_b, bool)
+    if right_a.shape != right_b.shape:
+        raise ValueError(f"the two classifiers were scored on different examples: {right_a.shape} vs {right_b.shape}")
+    b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    n = b + c
+    z = (b - c) / math.sqrt(n) if n else 0.0
+    # exact: twice the lower tail of Binomial(n, 1/2) at min(b, c), capped at 1 (no discordant examples: p = 1)
+    p = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n) if n else 1.0
+    return {"only_a": b, "only_b": c, "z": z, "p": p}
+
+
 def _split(n: int, val_fraction: float, seed: int, groups: np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(train, val) indices. With ``groups`` (one id per example), whole groups go to validation, drawn in a seeded
@@ -212,7 +239,7 @@ def _probe_one(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndar
     tr, va = _split(len(x), val_fraction, seed, groups)
     res = fit_probe(x[tr], y[tr], x[va], y[va], Cs=Cs, max_iter=max_iter, seed=seed)
     # refit on all training examples with the chosen C: validation only picks C, it need not cost data
-    clf = _fit(_classifier(res.C, max_iter, seed), x, y, res.C, max_iter)
+    clf = refit_probe(x, y, res.C, max_iter, seed)
     test_acc = float((clf.predict(test_x) == np.asarray(test_y)).mean())
     return {"C": res.C, "val_acc": res.val_acc, "test_acc": test_acc}
 

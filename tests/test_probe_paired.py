@@ -1,0 +1,69 @@
+"""scripts/probe_paired.py: McNemar's paired test between two probed layers, refit from a probe's feature caches."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+from imagegpt.probe import probe_layers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import probe_paired  # noqa: E402
+
+
+def _probe_dir(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A probe directory as `imagegpt probe` writes it: layer 1 carries the class, layer 2 only noise."""
+    rng = np.random.default_rng(0)
+    y, ty = rng.integers(0, 3, 300), rng.integers(0, 3, 200)
+
+    def feats(labels):
+        good = np.eye(3)[labels] * 1.5 + rng.normal(size=(len(labels), 3))
+        return {1: good.astype(np.float32), 2: rng.normal(size=(len(labels), 3)).astype(np.float32)}
+
+    train, test = feats(y), feats(ty)
+    d = tmp_path / "probe"
+    d.mkdir()
+    for name, f in (("train", train), ("test", test)):
+        np.savez(d / f"features_{name}.npz", key=np.array("k"), **{f"layer_{k}": v for k, v in f.items()})
+    rows = probe_layers(train, y, test, ty, Cs=[0.1, 1], max_iter=500)
+    (d / "probe.json").write_text(json.dumps({"n_train": 300, "n_test": 200, "n_layer": 2, "rows": rows}))
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "ty.npy", ty)
+    return d, ["--labels", str(tmp_path / "y.npy"), "--test-labels", str(tmp_path / "ty.npy"), "--max-iter", "500"]
+
+
+def test_paired_test_of_two_layers(tmp_path, capsys):
+    d, labels = _probe_dir(tmp_path)
+    res = probe_paired.main([str(d), "1", "2", *labels])
+    rows = json.loads((d / "probe.json").read_text())["rows"]
+    acc1, acc2 = rows[0]["test_acc"], rows[1]["test_acc"]
+    assert acc1 > acc2 + 0.2  # the informative layer wins clearly
+    # the discordant counts add up to the accuracy gap, and the gap this large is far from chance
+    assert (res["only_a"] - res["only_b"]) / 200 == pytest.approx(acc1 - acc2)
+    assert res["z"] > 3 and res["p"] < 1e-3
+    assert "McNemar" in capsys.readouterr().out
+
+
+def test_refuses_a_refit_that_does_not_reproduce_the_probe(tmp_path, capsys):
+    d, labels = _probe_dir(tmp_path)
+    meta = json.loads((d / "probe.json").read_text())
+    meta["rows"][0]["test_acc"] -= 0.05  # as if the probe had run with other settings
+    (d / "probe.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit):
+        probe_paired.main([str(d), "1", "2", *labels])
+    assert "pass the probe's own --max-iter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layer, missing, message", [("7", None, "was not probed"),
+                                                     ("1", "features_test.npz", "is missing")])
+def test_clear_errors(tmp_path, capsys, layer, missing, message):
+    d, labels = _probe_dir(tmp_path)
+    if missing:
+        (d / missing).unlink()
+    with pytest.raises(SystemExit):
+        probe_paired.main([str(d), layer, "2", *labels])
+    assert message in capsys.readouterr().err
