@@ -6,7 +6,7 @@ layers from a probe directory's feature caches (with the C that `imagegpt probe`
 accuracies match its probe.json), and counts the test images that only one of the two gets right: with b and c
 such images, z = (b - c) / sqrt(b + c), and the exact two-sided p-value of b against Binomial(b + c, 1/2).
 
-Usage (the numbers of docs/results.md's 8-layer run; seconds per layer):
+Usage (the numbers of docs/results.md's 8-layer run; about 20 s per layer):
   python scripts/probe_paired.py runs/fm/deep-3000/probe 5 8 --labels $F/train-labels-idx1-ubyte.gz \
       --test-labels $F/t10k-labels-idx1-ubyte.gz --max-iter 2000
 --max-iter must be the probe's own (the study's scripts pass 2000); the script checks that each refit reproduces
