@@ -1,7 +1,7 @@
 """Tables and plots of docs/results.md's Fashion-MNIST study, from the runs of scripts/fashion_mnist_study.sh and
 scripts/fashion_mnist_long.sh: reads OUT/<variant>/train/{train_config.json,log.jsonl} (OUT/<variant>-<steps>/ for
-a variant pretrained for another length) and the probe.json files, prints markdown tables and writes the plots
-(Pillow only) into --images.
+a variant pretrained for another length, OUT/<variant>-<steps>-seed<N> for its repeats with other seeds) and the
+probe.json files, prints markdown tables and writes the plots (Pillow only) into --images.
 
     .venv/bin/python scripts/fashion_mnist_report.py --out runs/fm --images docs/images
 """
@@ -128,6 +128,45 @@ def longer(out: Path, images: Path, pixels: float | None) -> None:
                         curves=curves, ylabel="linear probe test accuracy", xlabel="layer (last: ln_f)")
 
 
+def seeds(out: Path, images: Path, pixels: float | None) -> None:
+    """Repeats of a longer run with other seeds (OUT/<variant>-<steps>-seed<N>, ``SEED=`` of fashion_mnist_study.sh)
+    beside seed 0 (OUT/<variant>-<steps>): a row per seed and their per-layer mean, and accuracy against depth with
+    one line per seed."""
+    for d in sorted(d for v in VARIANTS for d in out.glob(f"{v}-*") if d.name[len(v) + 1:].isdigit()):
+        runs = {0: d} if (d / "probe" / "probe.json").is_file() else {}
+        for r in d.parent.glob(f"{d.name}-seed*"):
+            if r.name[len(d.name) + 5:].isdigit() and (r / "probe" / "probe.json").is_file():
+                runs[int(r.name[len(d.name) + 5:])] = r
+        if len(runs) < 2:
+            continue
+        print(f"\n{d.name}, {len(runs)} seeds (final models):")
+        print("\n| seed | val loss | test acc per layer, 1 to the last | best layer | last |")
+        print("|---|---:|---|---:|---:|")
+        depth: dict[int, dict] = {}
+        for seed in sorted(runs):
+            val = [r for r in read_log(runs[seed] / "train" / "log.jsonl") if "val_loss" in r]
+            layered = _layered(_probe(runs[seed] / "probe" / "probe.json"))[1:]
+            best = max(layered, key=lambda r: r["test_acc"])
+            accs = ", ".join(f"{r['test_acc']:.3f}" for r in layered)
+            print(f"| {seed} | {val[-1]['val_loss']:.4f} | {accs} | "
+                  f"{best['test_acc']:.4f} ({best['layer']}) | {layered[-1]['test_acc']:.4f} |")  # fmt: skip
+            for r in layered:  # x axis: the layer; one key per seed
+                depth.setdefault(r["layer"], {"step": r["layer"], "pixels": pixels})[f"seed{seed}"] = r["test_acc"]
+        rows = sorted(depth.values(), key=lambda r: r["step"])
+        for rec in rows:
+            accs = [rec[f"seed{s}"] for s in runs if f"seed{s}" in rec]
+            rec["mean"] = sum(accs) / len(accs)
+        best = max(rows, key=lambda r: r["mean"])
+        means = ", ".join(f"{r['mean']:.3f}" for r in rows)
+        print(f"| mean | | {means} | {best['mean']:.4f} ({best['step']}) | "
+              f"{rows[-1]['mean']:.4f} |")  # fmt: skip
+        curves = [(f"seed{s}", f"seed {s}") for s in sorted(runs)][:5] + [("mean", "mean of seeds")]
+        if pixels is not None:
+            curves.append(("pixels", "raw pixels"))
+        plot_loss_curve(rows, images / f"fmnist-{d.name}-seeds-depth.png", curves=curves,
+                        ylabel="linear probe test accuracy", xlabel="layer (last: ln_f)")
+
+
 def finetunes(out: Path, images: Path, image_name: str) -> None:
     """The long run's fine-tunes (finetune-stepS, finetune-noaug-stepS, finetune-flip-stepS): a table, and their
     validation accuracy against epochs drawn into ``images / image_name``."""
@@ -157,6 +196,7 @@ def main() -> None:
     args = p.parse_args()
     study(args.out, args.images, args.study_pixels)
     longer(args.out, args.images, args.study_pixels)
+    seeds(args.out, args.images, args.study_pixels)
     long_run(args.out, args.images, args.pixels)
     finetunes(args.out, args.images, args.finetune_image)
 

@@ -11,7 +11,8 @@
 # Measured on one core each of a shared 2-core machine: about 10 min of pretraining + 4 min of probing per variant.
 # Longer runs: STEPS=3000 (default 750) pretrains the variant 4 times as long into OUT/<variant>-3000, beside the
 # study's run; PROBE_STEPS="750 1500" also probes those checkpoints (one is saved every 250 steps, all kept), each
-# into OUT/<variant>-3000/probe-stepN.
+# into OUT/<variant>-3000/probe-stepN. SEED=1 (default 0) repeats a run with other initial weights, batch order and
+# dropout, into OUT/<variant>[-<steps>]-seed1: the same data, palette and probe, so seeds differ only by training.
 # Needs: bash scripts/setup.sh; apt-get install -y dataset-fashion-mnist (or F=<dir with the IDX .gz files>).
 # Each step is skipped when its output exists; OUT (default runs/fm) holds everything.
 set -euo pipefail
@@ -22,6 +23,8 @@ OUT=${OUT:-runs/fm}
 IG=${IG:-.venv/bin/imagegpt}
 STEPS=${STEPS:-750} BATCH=32   # 24,000 images = 0.42 epoch per variant
 PROBE_STEPS=${PROBE_STEPS:-}
+SEED=${SEED:-0}
+[[ $SEED =~ ^[0-9]+$ ]] || { echo "SEED must be a non-negative integer, got $SEED" >&2; exit 2; }
 for s in $STEPS $PROBE_STEPS; do
     [[ $s =~ ^[1-9][0-9]*$ ]] || { echo "STEPS and PROBE_STEPS must be positive integers, got $s" >&2; exit 2; }
 done
@@ -76,6 +79,7 @@ case $V in
 esac
 D=$OUT/$V
 [ "$STEPS" = 750 ] || D=$OUT/$V-$STEPS   # a longer (or shorter) run sits beside the study's
+[ "$SEED" = 0 ] || D=$D-seed$SEED
 
 # 14x14 images (196 tokens: a quarter of 28x28's cost per image), GRAYS gray levels fitted by k-means
 P=$OUT/palette14k$GRAYS T=$OUT/tokens14k$GRAYS
@@ -86,7 +90,7 @@ P=$OUT/palette14k$GRAYS T=$OUT/tokens14k$GRAYS
 [ -d "$D/train/final" ] || $IG train --data "$T" --out "$D/train" --set objective=$OBJ \
     --set model.n_embd=$WIDTH --set model.n_head=$HEADS --set model.n_layer=$LAYERS --set batch_size=$BATCH \
     --set max_steps=$STEPS --set lr=$LR --set min_lr=1e-4 --set warmup_steps=50 --set eval_interval=250 \
-    --set eval_batches=10 --set save_interval=250 --set keep_last=0 --quiet
+    --set eval_batches=10 --set save_interval=250 --set keep_last=0 --set seed=$SEED --quiet
 
 [ -f "$D/probe/probe.json" ] || $IG probe --model "$D/train/final" "${PROBE[@]}" --out "$D/probe"
 for s in $PROBE_STEPS; do   # the same probe on earlier checkpoints: accuracy per layer against pretraining compute

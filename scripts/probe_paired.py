@@ -9,8 +9,9 @@ such images, z = (b - c) / sqrt(b + c), and the exact two-sided p-value of b aga
 Usage (the numbers of docs/results.md's 8-layer run; about 20 s per layer):
   python scripts/probe_paired.py runs/fm/deep-3000/probe 5 8 --labels $F/train-labels-idx1-ubyte.gz \
       --test-labels $F/t10k-labels-idx1-ubyte.gz --max-iter 2000
---max-iter must be the probe's own (the study's scripts pass 2000); the script checks that each refit reproduces
-probe.json's test accuracy and stops if it does not.
+The refit uses the probe's own max_iter and seed, read from probe.json; a probe.json written before they were
+recorded there needs --max-iter (the study's scripts pass 2000; the seed was then always 0). The script checks that
+each refit reproduces probe.json's test accuracy and stops if it does not.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("b", type=int, help="the layer to compare it with")
     ap.add_argument("--labels", type=Path, required=True, help="the probe's training labels (IDX or .npy)")
     ap.add_argument("--test-labels", type=Path, required=True, help="its test labels (IDX or .npy)")
-    ap.add_argument("--max-iter", type=int, default=2000, help="the probe's --max-iter (default 2000)")
+    ap.add_argument("--max-iter", type=int, default=None,
+                    help="the probe's --max-iter (default: probe.json's, else 2000)")
     args = ap.parse_args(argv)
 
     meta_path = args.probe / "probe.json"
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"{path} is missing: run `imagegpt probe ... --out {args.probe}` first")
     meta = json.loads(meta_path.read_text())
     rows = {r["layer"]: r for r in meta["rows"]}
+    recorded = meta.get("max_iter")
+    if args.max_iter is not None and recorded is not None and args.max_iter != recorded:
+        ap.error(f"--max-iter {args.max_iter} differs from the probe's own, {recorded} (probe.json): leave it out")
+    max_iter, seed = args.max_iter or recorded or 2000, meta.get("seed", 0)
     train, test = (np.load(p, allow_pickle=False) for p in caches)
     y = read_labels(args.labels)[: meta["n_train"]]
     ty = read_labels(args.test_labels)[: meta["n_test"]]
@@ -54,11 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
         if len(x) != len(y) or len(tx) != len(ty):
             ap.error(f"{args.probe}: features of {len(x)} / {len(tx)} images but {len(y)} / {len(ty)} labels")
         C = rows[layer]["C"]
-        right[layer] = refit_probe(x, y, C, args.max_iter).predict(tx) == ty
+        right[layer] = refit_probe(x, y, C, max_iter, seed).predict(tx) == ty
         acc = float(right[layer].mean())
         if abs(acc - rows[layer]["test_acc"]) > 1e-9:
-            ap.error(f"layer {layer}: the refit scores {acc:.4f}, probe.json {rows[layer]['test_acc']:.4f}: "
-                     "pass the probe's own --max-iter")
+            hint = "the probe's features or labels differ" if recorded else "pass the probe's own --max-iter"
+            ap.error(f"layer {layer}: the refit scores {acc:.4f}, probe.json {rows[layer]['test_acc']:.4f}: {hint}")
         print(f"layer {layer}: C = {C:g}, test accuracy {acc:.4f}")
     res = mcnemar(right[args.a], right[args.b])
     print(f"only layer {args.a} right: {res['only_a']} images; only layer {args.b} right: {res['only_b']}; "

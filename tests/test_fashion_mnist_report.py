@@ -79,3 +79,28 @@ def test_a_variant_pretrained_longer_gets_a_row_per_probed_checkpoint_and_a_dept
     plot = np.asarray(Image.open(images / "fmnist-deep-2000-depth.png").convert("RGB"))
     assert plot.shape == (440, 720, 3) and (plot < 200).any()
     assert not (images / "fmnist-deep-old-depth.png").exists()
+
+
+def test_repeats_with_other_seeds_get_a_row_each_their_mean_and_a_plot(tmp_path):
+    out, images = tmp_path / "fm", tmp_path / "images"
+    for name, accs in (("deep-2000", [0.3, 0.80, 0.83, 0.81]), ("deep-2000-seed1", [0.3, 0.82, 0.81, 0.80]),
+                       ("deep-2000-seed2", [0.3, 0.81, 0.82, 0.78])):  # fmt: skip
+        _train_run(out / name / "train", 3, 2000)
+        _write(out / name / "probe" / "probe.json", _rows(accs))
+    _write(out / "deep-2000-seedx" / "probe" / "probe.json", _rows([0.3, 0.1, 0.1, 0.1]))  # not a seed: ignored
+    _train_run(out / "base-750" / "train", 2, 750)  # one seed only: no seeds table
+    _write(out / "base-750" / "probe" / "probe.json", _rows([0.3, 0.80, 0.79]))
+    _write(out / "base-750-seed1" / "train" / "log.jsonl", "")  # its repeat is not probed yet
+    cmd = [sys.executable, str(ROOT / "scripts" / "fashion_mnist_report.py"), "--out", str(out), "--images",
+           str(images), "--study-pixels", "0.79"]  # fmt: skip
+    lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "deep-2000, 3 seeds (final models):" in lines
+    assert not any(line.startswith("base-750,") for line in lines)
+    i = lines.index("| seed | val loss | test acc per layer, 1 to the last | best layer | last |")
+    assert lines[i + 2 : i + 6] == ["| 0 | 0.4000 | 0.800, 0.830, 0.810 | 0.8300 (2) | 0.8100 |",
+                                    "| 1 | 0.4000 | 0.820, 0.810, 0.800 | 0.8200 (1) | 0.8000 |",
+                                    "| 2 | 0.4000 | 0.810, 0.820, 0.780 | 0.8200 (2) | 0.7800 |",
+                                    "| mean | | 0.810, 0.820, 0.797 | 0.8200 (2) | 0.7967 |"]  # fmt: skip
+    plot = np.asarray(Image.open(images / "fmnist-deep-2000-seeds-depth.png").convert("RGB"))
+    assert plot.shape == (440, 720, 3) and (plot < 200).any()
+    assert not (images / "fmnist-base-750-seeds-depth.png").exists()

@@ -46,11 +46,25 @@ def test_a_longer_run_sits_beside_the_study_and_probes_its_checkpoints(tmp_path)
     assert [p.split()[-1] for p in earlier] == [f"{tmp_path}/out/deep-3000/probe-step{s}" for s in (750, 1500)]
     same = final.split()[3:-2]  # every probe uses the same images, C grid and limits
     assert all(p.split()[3:-2] == same for p in earlier) and "--limit 10000" in final
+    assert "--set seed=0 " in train
+
+
+def test_another_seed_repeats_the_run_beside_it_with_the_same_data_and_probe(tmp_path):
+    first, again = _run(tmp_path, "deep", STEPS="3000"), _run(tmp_path, "deep", STEPS="3000", SEED="2")
+    (train,), (train2,) = _commands(first, "train"), _commands(again, "train")
+    assert f"--out {tmp_path}/out/deep-3000-seed2/train " in train2 and "--set seed=2 " in train2
+    # only the place and the seed differ: the same palette, tokens, shape and schedule
+    assert train2.replace("-seed2", "").replace("seed=2", "seed=0") == train
+    (probe,), (probe2,) = _commands(first, "probe"), _commands(again, "probe")
+    assert probe2.replace("-seed2", "") == probe
+    assert _commands(_run(tmp_path, "base", SEED="1"), "train")[0].split("--out ")[1].startswith(
+        f"{tmp_path}/out/base-seed1/train ")
 
 
 BAD = [({"STEPS": "3k"}, "STEPS and PROBE_STEPS must be positive integers, got 3k"),
        ({"STEPS": "3000", "PROBE_STEPS": "1600"}, "PROBE_STEPS must be multiples of 250 below STEPS (3000), got 1600"),
-       ({"PROBE_STEPS": "750"}, "PROBE_STEPS must be multiples of 250 below STEPS (750), got 750")]
+       ({"PROBE_STEPS": "750"}, "PROBE_STEPS must be multiples of 250 below STEPS (750), got 750"),
+       ({"SEED": "-1"}, "SEED must be a non-negative integer, got -1")]
 
 
 @pytest.mark.parametrize(("env", "message"), BAD)

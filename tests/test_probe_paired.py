@@ -1,5 +1,6 @@
 """scripts/probe_paired.py: McNemar's paired test between two probed layers, refit from a probe's feature caches."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
+from conftest import easy_idx_args  # noqa: E402
 from imagegpt.probe import probe_layers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +69,25 @@ def test_clear_errors(tmp_path, capsys, layer, missing, message):
     with pytest.raises(SystemExit):
         probe_paired.main([str(d), layer, "2", *labels])
     assert message in capsys.readouterr().err
+
+
+def test_reads_the_probes_own_max_iter_and_seed(tmp_path, capsys):
+    """`imagegpt probe` records max_iter and seed in probe.json, so the refit needs no flag and reproduces it."""
+    from imagegpt.cli_probe import COMMANDS, add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    data, out = easy_idx_args(tmp_path, 48, 32), tmp_path / "out"
+    args = parser.parse_args(["probe", "--model", "fashion-mnist", *data, "--layers", "1", "4", "--max-iter", "300",
+                              "--seed", "3", "--device", "cpu", "--quiet", "--val-fraction", "0.25",
+                              "--out", str(out)])  # fmt: skip
+    assert COMMANDS[args.command](args) == 0
+    meta = json.loads((out / "probe.json").read_text())
+    assert meta["max_iter"] == 300 and meta["seed"] == 3
+    labels = [data[data.index("--labels") + 1], data[data.index("--test-labels") + 1]]
+    res = probe_paired.main([str(out), "1", "4", "--labels", labels[0], "--test-labels", labels[1]])
+    assert res["only_a"] + res["only_b"] <= 16  # 16 test images
+    assert "test accuracy" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a flag that contradicts the record is refused, not silently used
+        probe_paired.main([str(out), "1", "4", "--labels", labels[0], "--test-labels", labels[1], "--max-iter", "50"])
+    assert "differs from the probe's own, 300" in capsys.readouterr().err

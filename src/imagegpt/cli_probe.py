@@ -166,7 +166,8 @@ def _probe(args) -> int:
     if args.pixels:
         rows.append(raw_pixel_baseline(pixels, y, test_pixels, test_y, **fit))
     result = {"model": str(args.model), "n_train": int(len(y)), "n_test": int(len(test_y)),
-              "n_layer": model.config.n_layer, "rows": rows}  # fmt: skip
+              "n_layer": model.config.n_layer, "max_iter": args.max_iter, "seed": args.seed,
+              "rows": rows}  # fmt: skip  (max_iter and seed: what a refit of a row needs, see scripts/probe_paired.py)
     atomic_write_text(args.out / "probe.json", json.dumps(result, indent=2) + "\n")
     plot_probe(rows, args.out / "probe.png")
     print(f"linear probes of {args.model} on {len(y)} train / {len(test_y)} test images "
