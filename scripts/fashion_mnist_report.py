@@ -27,6 +27,17 @@ def _layered(rows: dict[str, dict]) -> list[dict]:
     return sorted((r for r in rows.values() if isinstance(r["layer"], int)), key=lambda r: r["layer"])
 
 
+def _profile_cells(probe: Path, depth: dict[int, dict], key: str, pixels: float | None) -> str:
+    """A probe's table cells "per-layer accuracies | best (layer) | last", layers 1 to the last; records each
+    layer's accuracy under ``key`` in ``depth`` (x axis: the layer), for a plot with one line per key."""
+    layered = _layered(_probe(probe))[1:]
+    best = max(layered, key=lambda r: r["test_acc"])
+    for r in layered:
+        depth.setdefault(r["layer"], {"step": r["layer"], "pixels": pixels})[key] = r["test_acc"]
+    accs = ", ".join(f"{r['test_acc']:.3f}" for r in layered)
+    return f"{accs} | {best['test_acc']:.4f} ({best['layer']}) | {layered[-1]['test_acc']:.4f}"
+
+
 def study(out: Path, images: Path, pixels: float | None) -> None:
     print("| variant | model | objective, lr | pretraining min | val loss | test acc per layer, 1 to the last | "
           "best layer | last |")  # fmt: skip
@@ -113,14 +124,9 @@ def longer(out: Path, images: Path, pixels: float | None) -> None:
         probes = {int(p.parent.name[10:]): p for p in d.glob("probe-step*/probe.json")}
         probes[steps] = d / "probe" / "probe.json"  # the final model
         depth: dict[int, dict] = {}
-        for step in sorted(probes):
-            layered = _layered(_probe(probes[step]))[1:]
-            best = max(layered, key=lambda r: r["test_acc"])
-            accs = ", ".join(f"{r['test_acc']:.3f}" for r in layered)
-            print(f"| step {step} | {val.get(step, float('nan')):.4f} | {accs} | {best['test_acc']:.4f} "
-                  f"({best['layer']}) | {layered[-1]['test_acc']:.4f} |")  # fmt: skip
-            for r in layered:  # x axis: the layer; one key per checkpoint
-                depth.setdefault(r["layer"], {"step": r["layer"], "pixels": pixels})[f"s{step}"] = r["test_acc"]
+        for step in sorted(probes):  # one line per checkpoint in the plot
+            cells = _profile_cells(probes[step], depth, f"s{step}", pixels)
+            print(f"| step {step} | {val.get(step, float('nan')):.4f} | {cells} |")
         curves = [(f"s{step}", f"step {step}") for step in sorted(probes)][-6:]  # at most 7 lines in a plot
         if pixels is not None:
             curves.append(("pixels", "raw pixels"))
@@ -143,15 +149,10 @@ def seeds(out: Path, images: Path, pixels: float | None) -> None:
         print("\n| seed | val loss | test acc per layer, 1 to the last | best layer | last |")
         print("|---|---:|---|---:|---:|")
         depth: dict[int, dict] = {}
-        for seed in sorted(runs):
+        for seed in sorted(runs):  # one line per seed in the plot
             val = [r for r in read_log(runs[seed] / "train" / "log.jsonl") if "val_loss" in r]
-            layered = _layered(_probe(runs[seed] / "probe" / "probe.json"))[1:]
-            best = max(layered, key=lambda r: r["test_acc"])
-            accs = ", ".join(f"{r['test_acc']:.3f}" for r in layered)
-            print(f"| {seed} | {val[-1]['val_loss']:.4f} | {accs} | "
-                  f"{best['test_acc']:.4f} ({best['layer']}) | {layered[-1]['test_acc']:.4f} |")  # fmt: skip
-            for r in layered:  # x axis: the layer; one key per seed
-                depth.setdefault(r["layer"], {"step": r["layer"], "pixels": pixels})[f"seed{seed}"] = r["test_acc"]
+            cells = _profile_cells(runs[seed] / "probe" / "probe.json", depth, f"seed{seed}", pixels)
+            print(f"| {seed} | {val[-1]['val_loss']:.4f} | {cells} |")
         rows = sorted(depth.values(), key=lambda r: r["step"])
         for rec in rows:
             accs = [rec[f"seed{s}"] for s in runs if f"seed{s}" in rec]
