@@ -107,13 +107,15 @@ def long_run(out: Path, images: Path, pixels: float | None) -> None:
                         ylabel="linear probe test accuracy", xlabel="pretraining steps (32 images each)")
 
 
+def _length_runs(out: Path) -> list[Path]:
+    """The runs of study variants pretrained for another length, OUT/<variant>-<steps>, sorted by name."""
+    return sorted(d for v in VARIANTS for d in out.glob(f"{v}-*") if d.name.removeprefix(f"{v}-").isdigit())
+
+
 def longer(out: Path, images: Path, pixels: float | None) -> None:
     """Study variants pretrained for another length (OUT/<variant>-<steps>, ``STEPS=`` of fashion_mnist_study.sh):
     a table of every probed checkpoint, and accuracy against depth with one line per checkpoint."""
-    runs = sorted((d for v in VARIANTS for d in out.glob(f"{v}-*")
-                   if d.name[len(v) + 1:].isdigit() and (d / "probe" / "probe.json").is_file()),
-                  key=lambda d: d.name)  # fmt: skip
-    for d in runs:
+    for d in (d for d in _length_runs(out) if (d / "probe" / "probe.json").is_file()):
         steps = int(d.name.rsplit("-", 1)[1])
         log = read_log(d / "train" / "log.jsonl")
         val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
@@ -138,11 +140,12 @@ def seeds(out: Path, images: Path, pixels: float | None) -> None:
     """Repeats of a longer run with other seeds (OUT/<variant>-<steps>-seed<N>, ``SEED=`` of fashion_mnist_study.sh)
     beside seed 0 (OUT/<variant>-<steps>): a row per seed and their per-layer mean, and accuracy against depth with
     one line per seed."""
-    for d in sorted(d for v in VARIANTS for d in out.glob(f"{v}-*") if d.name[len(v) + 1:].isdigit()):
+    for d in _length_runs(out):
         runs = {0: d} if (d / "probe" / "probe.json").is_file() else {}
-        for r in d.parent.glob(f"{d.name}-seed*"):
-            if r.name[len(d.name) + 5:].isdigit() and (r / "probe" / "probe.json").is_file():
-                runs[int(r.name[len(d.name) + 5:])] = r
+        for r in out.glob(f"{d.name}-seed*"):
+            seed = r.name.removeprefix(f"{d.name}-seed")
+            if seed.isdigit() and (r / "probe" / "probe.json").is_file():
+                runs[int(seed)] = r
         if len(runs) < 2:
             continue
         print(f"\n{d.name}, {len(runs)} seeds (final models):")
