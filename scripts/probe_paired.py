@@ -9,9 +9,10 @@ such images, z = (b - c) / sqrt(b + c), and the exact two-sided p-value of b aga
 Usage (the numbers of docs/results.md's 8-layer run; about 20 s per layer):
   python scripts/probe_paired.py runs/fm/deep-3000/probe 5 8 --labels $F/train-labels-idx1-ubyte.gz \
       --test-labels $F/t10k-labels-idx1-ubyte.gz --max-iter 2000
-The refit uses the probe's own max_iter and seed, read from probe.json; a probe.json written before they were
-recorded there needs --max-iter (the study's scripts pass 2000; the seed was then always 0). The script checks that
-each refit reproduces probe.json's test accuracy and stops if it does not.
+The refit uses the probe's own max_iter, seed and number of BLAS threads, read from probe.json (an lbfgs fit that
+stops at max_iter before converging ends elsewhere with another thread count); a probe.json written before they
+were recorded there needs --max-iter (the study's scripts pass 2000; the seed was then always 0) and the probe's
+OMP_NUM_THREADS. The script checks that each refit reproduces probe.json's test accuracy and stops if it does not.
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
         if len(x) != len(y) or len(tx) != len(ty):
             ap.error(f"{args.probe}: features of {len(x)} / {len(tx)} images but {len(y)} / {len(ty)} labels")
         C = rows[layer]["C"]
-        right[layer] = refit_probe(x, y, C, max_iter, seed).predict(tx) == ty
+        right[layer] = refit_probe(x, y, C, max_iter, seed, meta.get("blas_threads")).predict(tx) == ty
         acc = float(right[layer].mean())
         if abs(acc - rows[layer]["test_acc"]) > 1e-9:
-            hint = "the probe's features or labels differ" if recorded else "pass the probe's own --max-iter"
+            hint = ("the probe's features or labels differ" if "blas_threads" in meta else
+                    "pass the probe's own --max-iter, and run with its OMP_NUM_THREADS" if not recorded else
+                    "run with the probe's OMP_NUM_THREADS, or its features or labels differ")
             ap.error(f"layer {layer}: the refit scores {acc:.4f}, probe.json {rows[layer]['test_acc']:.4f}: {hint}")
         print(f"layer {layer}: C = {C:g}, test accuracy {acc:.4f}")
     res = mcnemar(right[args.a], right[args.b])

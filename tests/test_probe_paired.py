@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 from conftest import easy_idx_args  # noqa: E402
-from imagegpt.probe import probe_layers  # noqa: E402
+from imagegpt.probe import blas_threads, probe_layers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -84,6 +84,7 @@ def test_reads_the_probes_own_max_iter_and_seed(tmp_path, capsys):
     assert COMMANDS[args.command](args) == 0
     meta = json.loads((out / "probe.json").read_text())
     assert meta["max_iter"] == 300 and meta["seed"] == 3
+    assert meta["blas_threads"] == blas_threads() >= 1  # what a refit needs to reproduce an unconverged fit
     labels = [data[data.index("--labels") + 1], data[data.index("--test-labels") + 1]]
     res = probe_paired.main([str(out), "1", "4", "--labels", labels[0], "--test-labels", labels[1]])
     assert res["only_a"] + res["only_b"] <= 16  # 16 test images
@@ -91,3 +92,19 @@ def test_reads_the_probes_own_max_iter_and_seed(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a flag that contradicts the record is refused, not silently used
         probe_paired.main([str(out), "1", "4", "--labels", labels[0], "--test-labels", labels[1], "--max-iter", "50"])
     assert "differs from the probe's own, 300" in capsys.readouterr().err
+
+
+def test_refits_with_the_probes_blas_threads(tmp_path, monkeypatch):
+    """An lbfgs fit stopped at max_iter unconverged ends elsewhere with another BLAS thread count (it did on a real
+    probe: 0.8242 against 0.8247), so the refit runs with the count probe.json records, whatever this process has."""
+    import imagegpt.probe as probe
+
+    d, labels = _probe_dir(tmp_path)
+    recorded = 2 if probe.blas_threads() == 1 else 1  # not this process's own count
+    meta = json.loads((d / "probe.json").read_text())
+    (d / "probe.json").write_text(json.dumps({**meta, "blas_threads": recorded}))
+    seen, fit = [], probe._fit
+    monkeypatch.setattr(probe, "_fit", lambda *a: (seen.append(probe.blas_threads()), fit(*a))[1])
+    probe_paired.main([str(d), "1", "2", *labels])
+    assert seen == [recorded, recorded]
+    assert probe.blas_threads() != recorded  # the limit ends with the refit

@@ -121,7 +121,7 @@ def _probe(args) -> int:
     from imagegpt import ImageGPTForCausalImageModeling
     from imagegpt.checkpoint import atomic_write_text
     from imagegpt.datasets import load_labeled, read_labels
-    from imagegpt.probe import extract_features, plot_probe, probe_layers, raw_pixel_baseline
+    from imagegpt.probe import blas_threads, extract_features, plot_probe, probe_layers, raw_pixel_baseline
     from imagegpt.processor import ImageGPTImageProcessor
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -167,7 +167,8 @@ def _probe(args) -> int:
         rows.append(raw_pixel_baseline(pixels, y, test_pixels, test_y, **fit))
     result = {"model": str(args.model), "n_train": int(len(y)), "n_test": int(len(test_y)),
               "n_layer": model.config.n_layer, "max_iter": args.max_iter, "seed": args.seed,
-              "rows": rows}  # fmt: skip  (max_iter and seed: what a refit of a row needs, see scripts/probe_paired.py)
+              "blas_threads": blas_threads(), "rows": rows}  # fmt: skip
+    # max_iter, seed and blas_threads: what a refit of a row needs to reproduce it, see scripts/probe_paired.py
     atomic_write_text(args.out / "probe.json", json.dumps(result, indent=2) + "\n")
     plot_probe(rows, args.out / "probe.png")
     print(f"linear probes of {args.model} on {len(y)} train / {len(test_y)} test images "

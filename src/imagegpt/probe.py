@@ -186,10 +186,29 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y
     return best
 
 
-def refit_probe(x: np.ndarray, y: np.ndarray, C: float, max_iter: int = 1000, seed: int = 0) -> Any:
+def refit_probe(x: np.ndarray, y: np.ndarray, C: float, max_iter: int = 1000, seed: int = 0,
+                blas_threads: int | None = None) -> Any:
     """The probe of a chosen ``C`` fitted on all of (x, y): what `probe_layers` scores on the test examples. A
-    fitted scikit-learn pipeline (standardize, then lbfgs logistic regression): ``.predict(test_x)``."""
-    return _fit(_classifier(C, max_iter, seed), x, y, C, max_iter)
+    fitted scikit-learn pipeline (standardize, then lbfgs logistic regression): ``.predict(test_x)``.
+    ``blas_threads`` (the probe's :func:`blas_threads`) fits with that many BLAS threads: a fit that stops at
+    ``max_iter`` unconverged ends elsewhere with another count, so reproducing a probe needs its count."""
+    if blas_threads is None:
+        return _fit(_classifier(C, max_iter, seed), x, y, C, max_iter)
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _fit(_classifier(C, max_iter, seed), x, y, C, max_iter)
+
+
+def blas_threads() -> int | None:
+    """How many threads the BLAS under scikit-learn's lbfgs uses now (it follows ``OMP_NUM_THREADS``), or None
+    without scikit-learn. `imagegpt probe` records it, so that :func:`refit_probe` can reproduce its fits."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    return max(counts) if counts else None
 
 
 def mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> dict[str, float]:
