@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import struct
 
@@ -56,9 +57,13 @@ def prompt(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return ids
 
 
-def write_idx(path, array: np.ndarray, code: int) -> None:
-    """Write ``array`` (uint8) as an IDX file with type ``code`` (0x803: images, 0x801: labels)."""
-    path.write_bytes(struct.pack(">I", code) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+def write_idx(path, array: np.ndarray, code: int = 0x08, gz: bool = False) -> None:
+    """An IDX file as MNIST's: 0, 0, type code, ndim, big-endian uint32 dims, big-endian data (gzipped if ``gz``)."""
+    dtype = {0x08: ">u1", 0x0B: ">i2", 0x0D: ">f4"}[code]
+    data = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data += array.astype(dtype).tobytes()
+    with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+        f.write(data)
 
 
 def easy_images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +81,8 @@ def easy_idx_args(directory, n: int, n_train: int) -> list[str]:
     images, labels = easy_images(n, 28)
     args = []
     for split, part in (("train", slice(0, n_train)), ("test", slice(n_train, n))):
-        write_idx(directory / f"{split}-images-idx3-ubyte", images[part], 0x00000803)
-        write_idx(directory / f"{split}-labels-idx1-ubyte", labels[part], 0x00000801)
+        write_idx(directory / f"{split}-images-idx3-ubyte", images[part])
+        write_idx(directory / f"{split}-labels-idx1-ubyte", labels[part])
     for flag, name in (("--data", "train-images"), ("--labels", "train-labels"), ("--test-data", "test-images"),
                        ("--test-labels", "test-labels")):  # fmt: skip
         args += [flag, str(directory / f"{name}-idx{3 if 'images' in name else 1}-ubyte")]

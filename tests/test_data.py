@@ -3,18 +3,17 @@ BatchIterator (determinism, exact resume, rank partition) and augmentation. Tiny
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import write_idx
 from imagegpt.data import (MANIFEST, ArraySource, AugmentedImages, BatchIterator, ImageFolder, TokenDataset,
                            augment_images, open_source, read_idx, tokenize)  # fmt: skip
 from imagegpt.palette import grayscale_palette, uniform_palette
@@ -29,15 +28,6 @@ def rgb_processor() -> ImageGPTImageProcessor:
 
 def gray_processor() -> ImageGPTImageProcessor:
     return ImageGPTImageProcessor(clusters=grayscale_palette(16), size=SIZE)  # 16 grays, start token 16
-
-
-def write_idx(path, array: np.ndarray, code: int = 0x08, gz: bool = False) -> None:
-    """An IDX file as MNIST's: 0, 0, type code, ndim, big-endian uint32 dims, big-endian data."""
-    dtype = {0x08: ">u1", 0x0B: ">i2", 0x0D: ">f4"}[code]
-    data = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    data += array.astype(dtype).tobytes()
-    with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
-        f.write(data)
 
 
 @pytest.fixture

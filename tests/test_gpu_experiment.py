@@ -1,6 +1,5 @@
 """scripts/gpu_experiment.sh: the GPU recipe, never run on a GPU yet, runs end to end on the CPU with SMOKE=1."""
 
-import gzip
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import easy_images
+from conftest import easy_images, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_experiment.sh"
@@ -22,9 +21,8 @@ def _mnist_like(directory: Path, n_train: int = 160, n_test: int = 48) -> Path:
     directory.mkdir()
     images, labels = easy_images(n_train + n_test, 28)
     for split, part in (("train", slice(0, n_train)), ("t10k", slice(n_train, None))):
-        for kind, array, code in (("images-idx3", images[part], 0x803), ("labels-idx1", labels[part], 0x801)):
-            header = code.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-            (directory / f"{split}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + array.tobytes()))
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images[part], gz=True)
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels[part], gz=True)
     return directory
 
 
