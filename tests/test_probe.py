@@ -18,7 +18,7 @@ from imagegpt.model import ImageGPTModel
 pytest.importorskip("sklearn")
 
 from imagegpt.probe import (  # noqa: E402
-    extract_features, fit_probe, mcnemar, plot_probe, probe_layers, raw_pixel_baseline, refit_probe)
+    extract_features, fit_probe, mcnemar, plot_probe, probe_layers, raw_pixel_baseline, refit_probe, row_features)
 
 
 def _ids(n: int, length: int, vocab: int = 17, seed: int = 0) -> torch.Tensor:
@@ -109,8 +109,21 @@ def test_probe_layers_rows_and_baseline():
     images[labels == 1, :2] = 255
     base = raw_pixel_baseline(images[:40], labels[:40], images[40:], labels[40:], Cs=(1.0,))
     assert base["layer"] == "pixels" and base["test_acc"] == 1.0
-    with pytest.raises(ValueError, match="concat"):
+    with pytest.raises(ValueError, match=r"layers \[5\] of '0\+5' have no features \(extracted: \[0, 1\]\)"):
         probe_layers(train, y, test, ty, concat=[0, 5])
+
+
+def test_row_features_rebuild_each_kind_of_row_from_its_name():
+    """What scripts/probe_paired.py refits a probe.json row on: the features probe_layers fitted it on."""
+    f = {1: np.ones((3, 2), np.float32), 2: np.arange(6, dtype=np.float32).reshape(3, 2)}
+    assert row_features(f, 2) is f[2] and row_features(f, "2") is f[2]
+    np.testing.assert_array_equal(row_features(f, "1+2"), np.concatenate([f[1], f[2]], axis=1))
+    np.testing.assert_array_equal(row_features(f, "mean(1,2)"), (f[1] + f[2]) / 2)
+    for bad in ("pixels", "1+x", "mean(1,", ""):
+        with pytest.raises(ValueError, match="names no probe row"):
+            row_features(f, bad)
+    with pytest.raises(ValueError, match=r"layers \[3\] of 'mean\(1,3\)' have no features"):
+        row_features(f, "mean(1,3)")
 
 
 def test_probe_of_averaged_layers_is_the_mean_of_their_features():
@@ -125,7 +138,7 @@ def test_probe_of_averaged_layers_is_the_mean_of_their_features():
     assert rows[-1]["test_acc"] >= 0.95
     mean_only = probe_layers({0: (train[1] + train[2]) / 2}, y, {0: (test[1] + test[2]) / 2}, ty, Cs=(1.0,))
     assert mean_only[0]["test_acc"] == rows[-1]["test_acc"] and mean_only[0]["val_acc"] == rows[-1]["val_acc"]
-    with pytest.raises(ValueError, match="average layers \\[7\\]"):
+    with pytest.raises(ValueError, match=r"layers \[7\] of 'mean\(1,7\)'"):
         probe_layers(train, y, test, ty, average=[1, 7])
 
 

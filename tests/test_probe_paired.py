@@ -31,7 +31,7 @@ def _probe_dir(tmp_path: Path) -> tuple[Path, list[str]]:
     d.mkdir()
     for name, f in (("train", train), ("test", test)):
         np.savez(d / f"features_{name}.npz", key=np.array("k"), **{f"layer_{k}": v for k, v in f.items()})
-    rows = probe_layers(train, y, test, ty, Cs=[0.1, 1], max_iter=500)
+    rows = probe_layers(train, y, test, ty, Cs=[0.1, 1], max_iter=500, concat=[1, 2], average=[1, 2])
     (d / "probe.json").write_text(json.dumps({"n_train": 300, "n_test": 200, "n_layer": 2, "rows": rows}))
     np.save(tmp_path / "y.npy", y)
     np.save(tmp_path / "ty.npy", ty)
@@ -60,7 +60,7 @@ def test_refuses_a_refit_that_does_not_reproduce_the_probe(tmp_path, capsys):
     assert "pass the probe's own --max-iter" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("layer, missing, message", [("7", None, "was not probed"),
+@pytest.mark.parametrize("layer, missing, message", [("7", None, "was not probed"), ("1+7", None, "was not probed"),
                                                      ("1", "features_test.npz", "is missing")])
 def test_clear_errors(tmp_path, capsys, layer, missing, message):
     d, labels = _probe_dir(tmp_path)
@@ -108,3 +108,56 @@ def test_refits_with_the_probes_blas_threads(tmp_path, monkeypatch):
     probe_paired.main([str(d), "1", "2", *labels])
     assert seen == [recorded, recorded]
     assert probe.blas_threads() != recorded  # the limit ends with the refit
+
+
+@pytest.mark.parametrize("row", ["1+2", "mean(1,2)"])
+def test_concatenated_and_averaged_rows_are_refit_from_the_layer_caches(tmp_path, capsys, row):
+    d, labels = _probe_dir(tmp_path)
+    rows = {str(r["layer"]): r for r in json.loads((d / "probe.json").read_text())["rows"]}
+    res = probe_paired.main([str(d), row, "1", *labels])  # stops unless the refit reproduces probe.json's row
+    assert (res["only_a"] - res["only_b"]) / 200 == pytest.approx(rows[row]["test_acc"] - rows["1"]["test_acc"])
+    assert f"{row}: C = {rows[row]['C']:g}, test accuracy {rows[row]['test_acc']:.4f}" in capsys.readouterr().out
+
+
+def _pixel_probe(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A real `imagegpt probe --pixels` of the bundled fashion-mnist model; its directory and image arguments."""
+    from imagegpt.cli_probe import COMMANDS, add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    data, out = easy_idx_args(tmp_path, 64, 40), tmp_path / "out"
+    args = parser.parse_args(["probe", "--model", "fashion-mnist", *data, "--layers", "1", "2", "--pixels",
+                              "--C", "0.01", "1", "--max-iter", "300", "--device", "cpu", "--quiet",
+                              "--val-fraction", "0.25", "--out", str(out)])  # fmt: skip
+    assert COMMANDS[args.command](args) == 0
+    return out, data
+
+
+def test_pixels_against_a_layer_on_the_same_test_images(tmp_path, capsys):
+    out, data = _pixel_probe(tmp_path)
+    meta = json.loads((out / "probe.json").read_text())
+    pixels = next(r for r in meta["rows"] if r["layer"] == "pixels")
+    args = [str(out), "pixels", "2", *data]  # --data, --labels, --test-data, --test-labels: the probe's own
+    res = probe_paired.main(args)  # C from the pixels row, and the refit must reproduce its accuracy
+    layer2 = next(r for r in meta["rows"] if r["layer"] == 2)
+    assert (res["only_a"] - res["only_b"]) / 24 == pytest.approx(pixels["test_acc"] - layer2["test_acc"])
+    assert f"pixels: C = {pixels['C']:g}, test accuracy {pixels['test_acc']:.4f}\n" in capsys.readouterr().out
+    # a probe run without --pixels: C is picked here as the probe picks it; the same C, the same accuracy
+    meta["rows"] = [r for r in meta["rows"] if r["layer"] != "pixels"]
+    (out / "probe.json").write_text(json.dumps(meta))
+    assert probe_paired.main([*args, "--pixel-Cs", "0.01", "1"]) == res
+    assert f"pixels: C = {pixels['C']:g}, test accuracy {pixels['test_acc']:.4f} (C picked here)" in \
+        capsys.readouterr().out
+
+
+def test_pixels_need_the_probes_own_images(tmp_path, capsys):
+    out, data = _pixel_probe(tmp_path)
+    given = dict(zip(data[::2], data[1::2]))  # flag -> path
+    labels = ["--labels", given["--labels"], "--test-labels", given["--test-labels"]]
+    with pytest.raises(SystemExit):
+        probe_paired.main([str(out), "pixels", "1", *labels])
+    assert "pixels needs the probe's images: --data and --test-data" in capsys.readouterr().err
+    swapped = ["--data", given["--test-data"], "--test-data", given["--data"]]  # 24 images for 40 labels
+    with pytest.raises(SystemExit):
+        probe_paired.main([str(out), "pixels", "1", *labels, *swapped])
+    assert "holds 40 labels for 24 images" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from imagegpt.atomic import atomic_write as _atomic_write
 logger = logging.getLogger(__name__)
 
 __all__ = ["ProbeResult", "extract_features", "fit_probe", "refit_probe", "mcnemar", "probe_layers",
-           "raw_pixel_baseline", "plot_probe"]
+           "row_features", "pixel_matrix", "raw_pixel_baseline", "plot_probe"]
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
 
@@ -283,20 +283,28 @@ def probe_layers(features_train: dict[int, np.ndarray], y_train: np.ndarray, fea
     for how, chosen in (("concat", concat), ("average", average)):
         if not chosen:
             continue
-        missing = [c for c in chosen if c not in features_train or c not in features_test]
-        if missing:
-            raise ValueError(f"{how} layers {missing} have no features (extracted: {sorted(features_train)})")
-        if how == "concat":
-            x = np.concatenate([features_train[c] for c in chosen], axis=1)
-            tx = np.concatenate([features_test[c] for c in chosen], axis=1)
-            name = "+".join(str(c) for c in chosen)
-        else:
-            x = np.mean([features_train[c] for c in chosen], axis=0, dtype=np.float32)
-            tx = np.mean([features_test[c] for c in chosen], axis=0, dtype=np.float32)
-            name = f"mean({','.join(str(c) for c in chosen)})"
+        name = "+".join(map(str, chosen)) if how == "concat" else f"mean({','.join(map(str, chosen))})"
+        x, tx = row_features(features_train, name), row_features(features_test, name)
         row = _probe_one(x, y_train, tx, y_test, val_fraction, seed, Cs, max_iter, groups)
         rows.append({"layer": name, **row})
     return rows
+
+
+def row_features(features: dict[int, np.ndarray], name: int | str) -> np.ndarray:
+    """The features a probe row of :func:`probe_layers` is fitted on, from its ``"layer"`` name: a layer (``3``
+    or ``"3"``), layers side by side (``"2+4"``) or their mean (``"mean(1,2,3)"``)."""
+    text = str(name).strip()
+    how = "mean" if text.startswith("mean(") and text.endswith(")") else "concat"
+    parts = (text[5:-1] if how == "mean" else text).split("," if how == "mean" else "+")
+    if not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{name!r} names no probe row: a layer (3), layers side by side (2+4) or a mean (mean(1,2))")
+    chosen = [int(p) for p in parts]
+    missing = [c for c in chosen if c not in features]
+    if missing:
+        raise ValueError(f"layers {missing} of {name!r} have no features (extracted: {sorted(features)})")
+    if how == "mean":
+        return np.mean([features[c] for c in chosen], axis=0, dtype=np.float32)
+    return features[chosen[0]] if len(chosen) == 1 else np.concatenate([features[c] for c in chosen], axis=1)
 
 
 def _pixel_matrix(images: np.ndarray) -> np.ndarray:
@@ -310,6 +318,18 @@ def _is_gray(x: np.ndarray) -> bool:
     return x.shape[-1] == 3 and bool((x[..., :1] == x[..., 1:]).all())
 
 
+def pixel_matrix(train_images: np.ndarray, test_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The features of :func:`raw_pixel_baseline`: uint8 images (N, H, W[, C]) as float32 rows in [0, 1], each
+    gray pixel once (gray images stored as RGB, as :func:`imagegpt.datasets.load_labeled` returns them)."""
+    x, tx = _pixel_matrix(train_images), _pixel_matrix(test_images)
+    if x.shape[1:] != tx.shape[1:]:
+        raise ValueError(f"train and test images differ in size ({np.shape(train_images)[1:]} vs "
+                         f"{np.shape(test_images)[1:]}); resize them alike (load_labeled does)")  # fmt: skip
+    if _is_gray(x) and _is_gray(tx):
+        x, tx = x[..., :1], tx[..., :1]
+    return x.reshape(len(x), -1), tx.reshape(len(tx), -1)
+
+
 def raw_pixel_baseline(train_images: np.ndarray, y_train: np.ndarray, test_images: np.ndarray, y_test: np.ndarray,
                        val_fraction: float = 0.1, seed: int = 0, Cs: Sequence[float] = DEFAULT_CS,
                        max_iter: int = 1000, groups: np.ndarray | None = None) -> dict:
@@ -317,13 +337,7 @@ def raw_pixel_baseline(train_images: np.ndarray, y_train: np.ndarray, test_image
 
     Gray images stored as RGB (three equal channels, as :func:`imagegpt.datasets.load_labeled` returns them) count
     each pixel once: three copies would triple the fitting time and weaken the regularization at a given C."""
-    x, tx = _pixel_matrix(train_images), _pixel_matrix(test_images)
-    if x.shape[1:] != tx.shape[1:]:
-        raise ValueError(f"train and test images differ in size ({np.shape(train_images)[1:]} vs "
-                         f"{np.shape(test_images)[1:]}); resize them alike (load_labeled does)")  # fmt: skip
-    if _is_gray(x) and _is_gray(tx):
-        x, tx = x[..., :1], tx[..., :1]
-    x, tx = x.reshape(len(x), -1), tx.reshape(len(tx), -1)
+    x, tx = pixel_matrix(train_images, test_images)
     row = _probe_one(x, np.asarray(y_train), tx, np.asarray(y_test), val_fraction, seed, Cs, max_iter, groups)
     return {"layer": "pixels", "dims": x.shape[1], **row}
 
