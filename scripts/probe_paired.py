@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from imagegpt.datasets import load_labeled, read_labels
-from imagegpt.probe import mcnemar, pixel_matrix, raw_pixel_baseline, refit_probe, row_features
+from imagegpt.probe import DEFAULT_CS, mcnemar, pixel_matrix, raw_pixel_baseline, refit_probe, row_features
 
 
 def _layers(npz) -> dict[int, np.ndarray]:
@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test-data", type=Path, help="for pixels: its test images")
     ap.add_argument("--processor", help="for pixels: the model folder whose processor resizes them "
                                         "(default: probe.json's model)")  # fmt: skip
-    ap.add_argument("--pixel-Cs", type=float, nargs="+", default=[0.01, 0.1, 1, 10],
-                    help="for pixels without a pixels row in probe.json: the C grid (default: the study's)")
+    ap.add_argument("--pixel-Cs", type=float, nargs="+", default=list(DEFAULT_CS),
+                    help="for pixels without a pixels row in probe.json: the C grid (default: the library's and the "
+                         "study's, %(default)s)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.a == args.b:
         ap.error(f"compare two different rows, got {args.a} twice")
