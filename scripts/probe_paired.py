@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from imagegpt.datasets import load_labeled, read_labels
-from imagegpt.probe import DEFAULT_CS, mcnemar, pixel_matrix, raw_pixel_baseline, refit_probe, row_features
+from imagegpt.probe import DEFAULT_CS, mcnemar, pick_C, pixel_matrix, refit_probe, row_features
 
 
 def _layers(npz) -> dict[int, np.ndarray]:
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     right = {}
     for name in (args.a, args.b):
         if name == "pixels":
-            images = _pixels(args, ap, meta, y, ty)
-            x, tx = pixel_matrix(*images)
+            x, tx = pixel_matrix(*_pixels(args, ap, meta, y, ty))
         elif name not in rows:
             ap.error(f"{name} was not probed in {args.probe} (probed: {', '.join(rows)})")
         else:
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name in rows:
             C = rows[name]["C"]
         else:  # pixels not probed with the model: pick C as the probe picks it (its validation split and seed)
-            C = raw_pixel_baseline(images[0], y, images[1], ty, Cs=args.pixel_Cs, max_iter=max_iter, seed=seed)["C"]
+            C = pick_C(x, y, seed=seed, Cs=args.pixel_Cs, max_iter=max_iter).C
         right[name] = refit_probe(x, y, C, max_iter, seed, threads).predict(tx) == ty
         acc = float(right[name].mean())
         if name in rows and abs(acc - rows[name]["test_acc"]) > 1e-9:

@@ -30,7 +30,7 @@ from imagegpt.atomic import atomic_write as _atomic_write
 logger = logging.getLogger(__name__)
 
 __all__ = ["ProbeResult", "extract_features", "fit_probe", "refit_probe", "mcnemar", "probe_layers",
-           "row_features", "pixel_matrix", "raw_pixel_baseline", "plot_probe"]
+           "pick_C", "row_features", "pixel_matrix", "raw_pixel_baseline", "plot_probe"]
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
 
@@ -253,10 +253,18 @@ def _split(n: int, val_fraction: float, seed: int, groups: np.ndarray | None = N
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def pick_C(x: np.ndarray, y: np.ndarray, val_fraction: float = 0.1, seed: int = 0, Cs: Sequence[float] = DEFAULT_CS,
+           max_iter: int = 1000, groups: np.ndarray | None = None) -> ProbeResult:
+    """The C a probe row uses: the best of ``Cs`` on the validation split that :func:`probe_layers` and
+    :func:`raw_pixel_baseline` hold out (``val_fraction`` of (x, y), drawn with ``seed``; whole ``groups``)."""
+    tr, va = _split(len(x), val_fraction, seed, groups)
+    y = np.asarray(y)
+    return fit_probe(x[tr], y[tr], x[va], y[va], Cs=Cs, max_iter=max_iter, seed=seed)
+
+
 def _probe_one(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, val_fraction: float,
                seed: int, Cs: Sequence[float], max_iter: int, groups: np.ndarray | None = None) -> dict[str, float]:
-    tr, va = _split(len(x), val_fraction, seed, groups)
-    res = fit_probe(x[tr], y[tr], x[va], y[va], Cs=Cs, max_iter=max_iter, seed=seed)
+    res = pick_C(x, y, val_fraction, seed, Cs, max_iter, groups)
     # refit on all training examples with the chosen C: validation only picks C, it need not cost data
     clf = refit_probe(x, y, res.C, max_iter, seed)
     test_acc = float((clf.predict(test_x) == np.asarray(test_y)).mean())
