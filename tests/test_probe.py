@@ -75,6 +75,27 @@ def test_feature_cache_hits_and_misses(tmp_path):
     assert not np.allclose(changed[0], first[0])
 
 
+def test_feature_cache_answers_a_subset_of_its_layers_and_keeps_them(tmp_path, monkeypatch):
+    model = ImageGPTForCausalImageModeling(tiny_config()).eval()
+    ids, cache = _ids(4, 17), tmp_path / "f.npz"
+    few = extract_features(model, ids, layers=[0, 2], cache_path=cache)
+    full = extract_features(model, ids, cache_path=cache)  # layer 1 is missing: the model runs, the cache grows
+    assert sorted(full) == [0, 1, 2]
+    np.testing.assert_array_equal(full[2], few[2])
+    with np.load(cache) as z:
+        assert sorted(n for n in z.files if n.startswith("layer_")) == ["layer_0", "layer_1", "layer_2"]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran although the cache held the layers")
+
+    monkeypatch.setattr(model.transformer, "forward", no_model)
+    one = extract_features(model, ids, layers=[1], cache_path=cache)
+    assert list(one) == [1]
+    np.testing.assert_array_equal(one[1], full[1])
+    with np.load(cache) as z:  # a subset read leaves the cache whole
+        assert sorted(n for n in z.files if n.startswith("layer_")) == ["layer_0", "layer_1", "layer_2"]
+
+
 def _separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)

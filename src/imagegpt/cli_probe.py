@@ -28,7 +28,9 @@ EXAMPLE = """\
 example (Fashion-MNIST's IDX files):
   imagegpt probe --data train-images-idx3-ubyte --labels train-labels-idx1-ubyte \\
       --test-data t10k-images-idx3-ubyte --test-labels t10k-labels-idx1-ubyte --limit 10000 --out runs/probe
-Writes probe.json (a row per layer), probe.png (accuracy against layer) and the feature caches into --out.
+Writes probe.json (a row per layer), probe.png (accuracy against layer) and the feature caches into --out. A
+probe that finds caches of the same images and model in its --out skips the model for the layers they hold: copy
+features_*.npz into a new --out to try other --C values, --layers, --concat or --average without a second pass.
 """
 
 

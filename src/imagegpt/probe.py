@@ -40,10 +40,10 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "transformer", model)
 
 
-def _cache_key(decoder: torch.nn.Module, ids: torch.Tensor, layers: Sequence[int]) -> str:
-    """A digest of the ids, the requested layers and the weights (names, shapes and a cheap checksum each)."""
+def _cache_key(decoder: torch.nn.Module, ids: torch.Tensor) -> str:
+    """A digest of the ids and the weights (names, shapes and a cheap checksum each); not of the layers, so that a
+    cache answers any subset of the layers it holds."""
     h = hashlib.sha256(np.ascontiguousarray(ids.cpu().numpy().astype(np.int64)).tobytes())
-    h.update(repr(list(layers)).encode())
     with torch.no_grad():
         for name, t in sorted(decoder.state_dict().items()):
             # a sum and a weighted sum over a strided sample: cheap even for large models, yet any retraining shows
@@ -70,8 +70,8 @@ def extract_features(
     (the last pixel is only a target, as in :func:`imagegpt.metrics.nll_per_sequence`); a bidirectional (BERT)
     model sees the H*W pixels ``ids[:, 1:]``, unmasked (it was trained without a start token, whose id is its
     [MASK]). The features are averaged over all of the positions seen. With ``cache_path``, features are read
-    from / written to that .npz, keyed by the ids, layers and weights, so that a second probe on the same inputs
-    skips the model.
+    from / written to that .npz, keyed by the ids and weights: a second probe of the same inputs, or of a subset of
+    the layers cached, skips the model, and a probe of other layers adds them to the cache.
     """
     decoder = _decoder(model)
     n_layer = decoder.config.n_layer
@@ -86,18 +86,21 @@ def extract_features(
     if not bool((ids[:, 0] == start).all()):
         raise ValueError(f"every sequence must begin with the start token {start} (add_start_token=True)")
 
-    key = None
+    key, cached = None, {}  # cached: {"layer_<l>": (N, n_embd)} of a cache for these ids and weights
     if cache_path is not None:
-        key = _cache_key(decoder, ids, layers)
+        key = _cache_key(decoder, ids)
         path = Path(cache_path)
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as z:
                     if str(z["key"]) == key:
-                        logger.info("features read from the cache %s", path)
-                        return {layer: z[f"layer_{layer}"] for layer in layers}
-                logger.info("feature cache %s is for other inputs or weights: recomputing", path)
+                        cached = {n: z[n] for n in z.files if n.startswith("layer_")}
+                if all(f"layer_{layer}" in cached for layer in layers):
+                    logger.info("features read from the cache %s", path)
+                    return {layer: cached[f"layer_{layer}"] for layer in layers}
+                logger.info("feature cache %s is for other inputs, weights or layers: recomputing", path)
             except (OSError, ValueError, KeyError) as e:  # a damaged cache only costs a recomputation
+                cached = {}
                 logger.warning("ignoring unreadable feature cache %s: %s", path, e)
 
     device = torch.device(device) if device is not None else next(decoder.parameters()).device
@@ -119,7 +122,7 @@ def extract_features(
 
     if cache_path is not None:
         path = Path(cache_path)
-        arrays = {f"layer_{layer}": x for layer, x in feats.items()}
+        arrays = {**cached, **{f"layer_{layer}": x for layer, x in feats.items()}}  # keep the layers it held
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
