@@ -46,10 +46,12 @@ def _cache_key(decoder: torch.nn.Module, ids: torch.Tensor) -> str:
     h = hashlib.sha256(np.ascontiguousarray(ids.cpu().numpy().astype(np.int64)).tobytes())
     with torch.no_grad():
         for name, t in sorted(decoder.state_dict().items()):
-            # a sum and a weighted sum over a strided sample: cheap even for large models, yet any retraining shows
-            flat = t.detach().reshape(-1).float()
+            # a sum and a weighted sum over a strided sample: cheap even for large models, yet any retraining shows.
+            # In float64: a float32 sum rounds differently with another thread count, and the key must not change
+            # (MPS has no float64: its weights are summed on the CPU)
+            flat = t.detach().reshape(-1).to("cpu" if t.device.type == "mps" else t.device, torch.float64)
             sample = flat[:: max(1, flat.numel() // 4096)]
-            weights = torch.arange(1, sample.numel() + 1, dtype=torch.float32, device=sample.device)
+            weights = torch.arange(1, sample.numel() + 1, dtype=torch.float64, device=sample.device)
             h.update(f"{name}|{tuple(t.shape)}|{float(flat.sum()):.6e}|{float((sample * weights).sum()):.6e}".encode())
     return h.hexdigest()
 
