@@ -97,6 +97,22 @@ def test_feature_cache_answers_a_subset_of_its_layers_and_keeps_them(tmp_path, m
         assert sorted(n for n in z.files if n.startswith("layer_")) == ["layer_0", "layer_1", "layer_2"]
 
 
+def test_feature_cache_key_does_not_depend_on_the_thread_count():
+    # a float32 sum over a large tensor rounds differently when split over another number of threads: a probe
+    # run with OMP_NUM_THREADS=1 beside one with 2 missed the other's cache and ran the model again
+    decoder = ImageGPTForCausalImageModeling(tiny_config(n_embd=256, n_head=4, n_layer=1)).transformer
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    threads = torch.get_num_threads()
+    try:
+        keys = set()
+        for n in (1, 2, 3, 4):
+            torch.set_num_threads(n)
+            keys.add(_cache_key(decoder, ids))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keys) == 1
+
+
 def _separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
@@ -260,19 +276,3 @@ def test_refit_probe_is_what_probe_layers_scores():
     row = probe_layers({1: x}, y, {1: tx}, ty, Cs=[0.1, 10], max_iter=300)[0]
     acc = (refit_probe(x, y, row["C"], max_iter=300).predict(tx) == ty).mean()
     assert acc == row["test_acc"]
-
-
-def test_feature_cache_key_does_not_depend_on_the_thread_count():
-    # a float32 sum over a large tensor rounds differently when split over another number of threads: a probe
-    # run with OMP_NUM_THREADS=1 beside one with 2 missed the other's cache and ran the model again
-    decoder = ImageGPTForCausalImageModeling(tiny_config(n_embd=256, n_head=4, n_layer=1)).transformer
-    ids = torch.zeros(2, 5, dtype=torch.long)
-    threads = torch.get_num_threads()
-    try:
-        keys = set()
-        for n in (1, 2, 3, 4):
-            torch.set_num_threads(n)
-            keys.add(_cache_key(decoder, ids))
-    finally:
-        torch.set_num_threads(threads)
-    assert len(keys) == 1
