@@ -97,6 +97,17 @@ def test_feature_cache_answers_a_subset_of_its_layers_and_keeps_them(tmp_path, m
         assert sorted(n for n in z.files if n.startswith("layer_")) == ["layer_0", "layer_1", "layer_2"]
 
 
+def test_a_damaged_feature_cache_is_recomputed_and_replaced(tmp_path):
+    model = ImageGPTForCausalImageModeling(tiny_config()).eval()
+    ids, cache = _ids(4, 17), tmp_path / "f.npz"
+    cache.write_bytes(b"not an npz")
+    feats = extract_features(model, ids, cache_path=cache)
+    again = extract_features(model, ids)
+    for k in again:
+        np.testing.assert_array_equal(feats[k], again[k])
+    with np.load(cache) as z:
+        assert sorted(n for n in z.files if n.startswith("layer_")) == ["layer_0", "layer_1", "layer_2"]
+
 def test_feature_cache_key_does_not_depend_on_the_thread_count():
     # a float32 sum over a large tensor rounds differently when split over another number of threads: a probe
     # run with OMP_NUM_THREADS=1 beside one with 2 missed the other's cache and ran the model again

@@ -94,15 +94,14 @@ def extract_features(
         path = Path(cache_path)
         if path.is_file():
             try:
-                with np.load(path, allow_pickle=False) as z:
+                with np.load(path, allow_pickle=False) as z:  # lazy: an array is read when indexed
                     if str(z["key"]) == key:
-                        cached = {n: z[n] for n in z.files if n.startswith("layer_")}
-                if all(f"layer_{layer}" in cached for layer in layers):
-                    logger.info("features read from the cache %s", path)
-                    return {layer: cached[f"layer_{layer}"] for layer in layers}
+                        if all(f"layer_{layer}" in z.files for layer in layers):
+                            logger.info("features read from the cache %s", path)
+                            return {layer: z[f"layer_{layer}"] for layer in layers}
+                        cached = {n: z[n] for n in z.files if n.startswith("layer_")}  # kept beside the new ones
                 logger.info("feature cache %s is for other inputs, weights or layers: recomputing", path)
             except (OSError, ValueError, KeyError) as e:  # a damaged cache only costs a recomputation
-                cached = {}
                 logger.warning("ignoring unreadable feature cache %s: %s", path, e)
 
     device = torch.device(device) if device is not None else next(decoder.parameters()).device
