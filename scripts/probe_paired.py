@@ -7,8 +7,8 @@ accuracies match its probe.json), and counts the test images that only one of th
 such images, z = (b - c) / sqrt(b + c), and the exact two-sided p-value of b against Binomial(b + c, 1/2) (McNemar).
 A row is a layer (5), layers side by side (2+4+6+8, from `probe --concat`), their mean (mean(1,2,3), `--average`)
 or `pixels`: the raw-pixel baseline on the same images, resized by the model's processor as `probe --pixels` does
-(needs --data and --test-data; its C is probe.json's pixels row's, else picked on the probe's validation split
-from --pixel-Cs).
+(needs --data and --test-data; its C is probe.json's pixels row's, else picked from --pixel-Cs on the probe's
+validation split: probe.json's val_fraction and groups, or 0.1 and none for a probe.json that predates them).
 
 Usage (the numbers of docs/results.md's 8-layer run; about 20 s per layer):
   python scripts/probe_paired.py runs/fm/deep-3000/probe 5 8 --labels $F/train-labels-idx1-ubyte.gz \
@@ -56,6 +56,16 @@ def _pixels(args, ap, meta: dict, y: np.ndarray, ty: np.ndarray) -> tuple[np.nda
             ap.error(f"{data}: its first {n} labeled images are not the probe's ({len(got)} read)")
         images.append(pixels)
     return images[0], images[1]
+
+
+def _groups(ap, meta: dict, n: int) -> np.ndarray | None:
+    """The probe's --groups for its n training images (whole groups are held out for validation), or None."""
+    if meta.get("groups") is None:  # also a probe.json written before groups were recorded: none were used
+        return None
+    try:
+        return read_labels(Path(meta["groups"]))[:n]
+    except (OSError, ValueError) as e:
+        ap.error(f"pixels: the probe held out whole groups for validation, but its --groups cannot be read: {e}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -108,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         if name in rows:
             C = rows[name]["C"]
         else:  # pixels not probed with the model: pick C as the probe picks it (its validation split and seed)
-            C = pick_C(x, y, seed=seed, Cs=args.pixel_Cs, max_iter=max_iter).C
+            C = pick_C(x, y, val_fraction=meta.get("val_fraction", 0.1), seed=seed, Cs=args.pixel_Cs,
+                       max_iter=max_iter, groups=_groups(ap, meta, len(y))).C
         right[name] = refit_probe(x, y, C, max_iter, seed, threads).predict(tx) == ty
         acc = float(right[name].mean())
         if name in rows and abs(acc - rows[name]["test_acc"]) > 1e-9:

@@ -119,7 +119,7 @@ def test_concatenated_and_averaged_rows_are_refit_from_the_layer_caches(tmp_path
     assert f"{row}: C = {rows[row]['C']:g}, test accuracy {rows[row]['test_acc']:.4f}" in capsys.readouterr().out
 
 
-def _pixel_probe(tmp_path: Path) -> tuple[Path, list[str]]:
+def _pixel_probe(tmp_path: Path, *extra: str) -> tuple[Path, list[str]]:
     """A real `imagegpt probe --pixels` of the bundled fashion-mnist model; its directory and image arguments."""
     from imagegpt.cli_probe import COMMANDS, add_parsers
 
@@ -128,7 +128,7 @@ def _pixel_probe(tmp_path: Path) -> tuple[Path, list[str]]:
     data, out = easy_idx_args(tmp_path, 64, 40), tmp_path / "out"
     args = parser.parse_args(["probe", "--model", "fashion-mnist", *data, "--layers", "1", "2", "--pixels",
                               "--C", "0.01", "1", "--max-iter", "300", "--device", "cpu", "--quiet",
-                              "--val-fraction", "0.25", "--out", str(out)])  # fmt: skip
+                              "--val-fraction", "0.25", "--out", str(out), *extra])  # fmt: skip
     assert COMMANDS[args.command](args) == 0
     return out, data
 
@@ -148,6 +148,29 @@ def test_pixels_against_a_layer_on_the_same_test_images(tmp_path, capsys):
     assert probe_paired.main([*args, "--pixel-Cs", "0.01", "1"]) == res
     assert f"pixels: C = {pixels['C']:g}, test accuracy {pixels['test_acc']:.4f} (C picked here)" in \
         capsys.readouterr().out
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_pixel_C_is_picked_on_the_probes_own_validation_split(tmp_path, monkeypatch, capsys, grouped):
+    """Without a pixels row, C is picked on the split the probe used: its --val-fraction (0.25 here) and --groups,
+    which probe.json records (a default 0.1 split and no groups would pick on other images)."""
+    groups = np.arange(40) // 4  # ten groups of four training images
+    np.save(tmp_path / "groups.npy", groups)
+    out, data = _pixel_probe(tmp_path, *(["--groups", str(tmp_path / "groups.npy")] if grouped else []))
+    meta = json.loads((out / "probe.json").read_text())
+    assert meta["val_fraction"] == 0.25 and meta["groups"] == (str(tmp_path / "groups.npy") if grouped else None)
+    meta["rows"] = [r for r in meta["rows"] if r["layer"] != "pixels"]
+    (out / "probe.json").write_text(json.dumps(meta))
+    seen, pick = [], probe_paired.pick_C
+    monkeypatch.setattr(probe_paired, "pick_C", lambda *a, **kw: (seen.append(kw), pick(*a, **kw))[1])
+    probe_paired.main([str(out), "pixels", "2", *data, "--pixel-Cs", "0.01", "1"])
+    assert seen[0]["val_fraction"] == 0.25
+    assert np.array_equal(seen[0]["groups"], groups) if grouped else seen[0]["groups"] is None
+    if grouped:  # the recorded groups are gone: a clear error, not a C picked on another split
+        (tmp_path / "groups.npy").unlink()
+        with pytest.raises(SystemExit):
+            probe_paired.main([str(out), "pixels", "2", *data])
+        assert "held out whole groups for validation, but its --groups cannot be read" in capsys.readouterr().err
 
 
 def test_pixels_need_the_probes_own_images(tmp_path, capsys):

@@ -169,8 +169,10 @@ def _probe(args) -> int:
         rows.append(raw_pixel_baseline(pixels, y, test_pixels, test_y, **fit))
     result = {"model": str(args.model), "n_train": int(len(y)), "n_test": int(len(test_y)),
               "n_layer": model.config.n_layer, "max_iter": args.max_iter, "seed": args.seed,
-              "blas_threads": blas_threads(), "rows": rows}  # fmt: skip
-    # max_iter, seed and blas_threads: what a refit of a row needs to reproduce it, see scripts/probe_paired.py
+              "blas_threads": blas_threads(), "val_fraction": args.val_fraction,
+              "groups": None if args.groups is None else str(args.groups), "rows": rows}  # fmt: skip
+    # max_iter, seed and blas_threads: what a refit of a row needs to reproduce it; val_fraction and groups: the
+    # validation split that picks C for a row probed later (scripts/probe_paired.py's pixels)
     atomic_write_text(args.out / "probe.json", json.dumps(result, indent=2) + "\n")
     plot_probe(rows, args.out / "probe.png")
     print(f"linear probes of {args.model} on {len(y)} train / {len(test_y)} test images "
