@@ -108,6 +108,7 @@ def test_a_damaged_feature_cache_is_recomputed_and_replaced(tmp_path):
     with np.load(cache) as z:
         assert sorted(n for n in z.files if n.startswith("layer_")) == ["layer_0", "layer_1", "layer_2"]
 
+
 def test_feature_cache_key_does_not_depend_on_the_thread_count():
     # a float32 sum over a large tensor rounds differently when split over another number of threads: a probe
     # run with OMP_NUM_THREADS=1 beside one with 2 missed the other's cache and ran the model again
