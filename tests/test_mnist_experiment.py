@@ -50,8 +50,24 @@ def test_scratch_fine_tune_starts_from_a_fresh_twin_of_the_final_model(tmp_path,
     assert line.endswith(f"--seed {seed} --quiet --out {tmp_path}/out/{name}")
 
 
+def _probed(stdout: str) -> list[str]:
+    """The models that step 3 and 4 probe, in order."""
+    return [line.split("--model ")[1].split()[0] for line in stdout.splitlines() if line.startswith("probe ")]
+
+
+@pytest.mark.parametrize("seed", ["0", "1"])
+def test_pretraining_seed_reaches_train_and_probe_steps_pick_the_earlier_checkpoints(tmp_path, seed):
+    result = _run(tmp_path, PT_SEED=seed, PROBE_STEPS="1500")
+    assert result.returncode == 0, result.stderr
+    (train,) = [line for line in result.stdout.splitlines() if line.startswith("train ")]
+    assert train.endswith(f"--set seed={seed} --quiet")
+    assert _probed(result.stdout) == [f"{tmp_path}/out/train/final", f"{tmp_path}/out/train/checkpoints/step-0001500"]
+    assert _probed(_run(tmp_path, PROBE_STEPS="").stdout) == [f"{tmp_path}/out/train/final"]
+
+
 BAD = [({"FT_INIT": "random"}, "FT_INIT must be pretrained or scratch, got random"),
-       ({"FT_SEED": "-1"}, "FT_SEED must be a non-negative integer, got -1")]
+       ({"FT_SEED": "-1"}, "FT_SEED must be a non-negative integer, got -1"),
+       ({"PT_SEED": "one"}, "PT_SEED must be a non-negative integer, got one")]
 
 
 @pytest.mark.parametrize(("env", "message"), BAD)
