@@ -16,6 +16,7 @@ from conftest import easy_idx_args, easy_images, tiny_config
 from imagegpt import ImageGPTForCausalImageModeling
 from imagegpt.finetune import (FinetuneConfig, _save_atomic, confusion_matrix, evaluate_classifier, finetune,
                                init_head_from_probe, joint_loss)
+from imagegpt.datasets import load_labeled
 from imagegpt.heads import ImageGPTForImageClassification
 from imagegpt.palette import grayscale_palette
 from imagegpt.processor import ImageGPTImageProcessor
@@ -121,6 +122,7 @@ def test_early_stopping_and_time_limit(pretrained, tmp_path):
     frozen = FinetuneConfig(batch_size=8, max_steps=50, lr=1e-12, eval_interval=2, patience=2, progress=False)
     result = finetune(path, train, val, tmp_path / "a", frozen)  # nothing moves: no evaluation can improve
     assert result["stopped"] == "early_stopping" and result["steps"] == 6 and result["best_step"] == 2
+    assert (tmp_path / "a" / "best").is_dir() and (tmp_path / "a" / "last").is_dir()  # step 2's model and step 6's
     timed = FinetuneConfig(batch_size=8, max_steps=50, eval_interval=100, max_time_minutes=0.0, progress=False)
     result = finetune(path, train, val, tmp_path / "b", timed)
     assert result["stopped"] == "max_time_minutes" and result["steps"] == 1 and (tmp_path / "b" / "best").is_dir()
@@ -212,6 +214,11 @@ def test_cli_finetune_end_to_end(tmp_path, capsys):
     assert (out / "confusion.png").is_file() and (out / "best" / "model.safetensors").is_file()
     assert Image.open(out / "val_acc.png").size == (720, 440)
     assert "test accuracy" in capsys.readouterr().out
+    last = ImageGPTForImageClassification.from_pretrained(out / "last")  # the step-2 model, scored on the test set
+    test_ids, test_labels = load_labeled(tmp_path / "test-images-idx3-ubyte", tmp_path / "test-labels-idx1-ubyte",
+                                         ImageGPTImageProcessor.from_pretrained(out / "last"))[:2]  # fmt: skip
+    assert summary["test_acc_last"] == evaluate_classifier(last, test_ids, test_labels)[0]
+    assert summary["steps"] == 2 and summary["last_val_acc"] == summary["history"][-1]["val_acc"]
     data = ["--data", str(tmp_path / "train-images-idx3-ubyte"), "--labels", str(tmp_path / "train-labels-idx1-ubyte")]
     bad = parser.parse_args(["finetune", *data, "--label-names", "a,b,c", "--val-size", "8", "--out", str(out)])
     with pytest.raises(ValueError, match="--label-names gives 3 names"):

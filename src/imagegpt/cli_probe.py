@@ -19,8 +19,9 @@ example (Fashion-MNIST's IDX files, the paper's joint loss):
       --test-data t10k-images-idx3-ubyte --test-labels t10k-labels-idx1-ubyte --gen-weight 0.5 --steps 2000 \\
       --out runs/finetune
 Writes best/ (the classifier with the best validation accuracy; transformers' ImageGPTForImageClassification
-loads it), history.json (a record per evaluation), val_acc.png (validation accuracy against step),
-finetune.json (test accuracy, confusion matrix) and confusion.png into --out. With few steps to spend,
+loads it), last/ (the model of the last step), history.json (a record per evaluation), val_acc.png (validation
+accuracy against step), finetune.json (test accuracy of best/ and of last/, confusion matrix of best/) and
+confusion.png into --out. With few steps to spend,
 --probe-init 5000 starts the head from a linear probe instead of random weights.
 """
 
@@ -79,7 +80,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--model", default="fashion-mnist", help="pretrained model directory, Hub id or packaged name")
     f.add_argument("--data", type=Path, required=True, help="training images: IDX file, .npy array or folder")
     f.add_argument("--labels", type=Path, required=True, help="their labels: IDX labels file or .npy")
-    f.add_argument("--test-data", type=Path, help="test images, scored once at the end with the best model")
+    f.add_argument("--test-data", type=Path, help="test images, scored once at the end with the best model "
+                   "(and with the last one: test_acc_last)")
     f.add_argument("--test-labels", type=Path, help="their labels")
     f.add_argument("--label-names", help="comma-separated class names, written into the config's id2label")
     f.add_argument("--limit", type=int, help="use the first N training images")
@@ -237,6 +239,11 @@ def _finetune(args) -> int:
         print(f"test accuracy {acc:.4f} on {len(test[1])} images; confusion matrix (rows true, columns predicted):")
         for name, row in zip(label_names, matrix):
             print(f"  {name[:12]:>12} " + " ".join(f"{v:5d}" for v in row))
+        # the last step's model, beside the pick: what choosing the best step on the validation set bought
+        last = ImageGPTForImageClassification.from_pretrained(args.out / "last", device=device)
+        summary["test_acc_last"] = evaluate_classifier(last, test[0], test[1], progress=not args.quiet,
+                                                       desc="test (last)")[0]  # fmt: skip
+        print(f"test accuracy of the last step ({result['steps']}): {summary['test_acc_last']:.4f}")
         print(f"wrote {args.out / 'confusion.png'}")
     print(f"wrote {args.out / 'val_acc.png'} (validation accuracy against step)")
     atomic_write_text(args.out / "finetune.json", json.dumps(summary, indent=1) + "\n")

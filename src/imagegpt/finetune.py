@@ -7,7 +7,8 @@ head, is there to keep the features generative). Each step sees freshly augmente
 1.125x resize unless ``crop=False``, left-right flip unless ``flip=False``, as in pretraining). The head starts
 random, or (``probe_init``) from a linear probe of the pretrained features (:func:`init_head_from_probe`).
 Validation accuracy is measured every ``eval_interval`` steps; the best model is kept (written atomically, in
-transformers' format) and training stops after ``patience`` evaluations without improvement.
+transformers' format), and so is the last one: on a small validation set the best step is a noisy pick, and the
+last model is what the schedule ends on. Training stops after ``patience`` evaluations without improvement.
 :func:`evaluate_classifier` and :func:`confusion_matrix` measure the result.
 """
 
@@ -193,7 +194,8 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
              *, num_labels: int | None = None, label_names: Sequence[str] | None = None,
              on_eval: Callable[[dict], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Fine-tune ``model_name_or_path`` as a classifier; the best model by validation accuracy goes to
-    ``out_dir/best`` (config.json, model.safetensors, preprocessor_config.json: transformers loads it).
+    ``out_dir/best`` (config.json, model.safetensors, preprocessor_config.json: transformers loads it), the model
+    of the last step to ``out_dir/last``.
 
     Args:
         train: (ids (N, 1 + H*W), labels (N,), images (N, H, W, 3) uint8 or None) from
@@ -204,7 +206,8 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
         on_eval: called with each evaluation record.
 
     Returns:
-        {"best_step", "best_val_acc", "steps", "stopped", "history", "seconds"}; history holds a record per
+        {"best_step", "best_val_acc", "steps", "last_val_acc", "stopped", "history", "seconds"} ("steps": the
+        last step, whose model is in ``last``); history holds a record per
         evaluation ({"step", "loss", "clf_loss", "gen_loss", "val_acc", "lr"}).
     """
     from tqdm.auto import tqdm
@@ -317,5 +320,7 @@ def finetune(model_name_or_path: str | os.PathLike, train: tuple[np.ndarray, np.
             stopped = "early_stopping"
             break
     bar.close()
-    return {"best_step": best_step, "best_val_acc": best_acc, "steps": step, "stopped": stopped,
+    _save_atomic(model, processor, out / "last")  # every run ends with a validation, so history[-1] is this model
+    return {"best_step": best_step, "best_val_acc": best_acc, "steps": step,
+            "last_val_acc": history[-1]["val_acc"], "stopped": stopped,
             "history": history, "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
