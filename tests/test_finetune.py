@@ -14,9 +14,9 @@ from PIL import Image
 
 from conftest import easy_idx_args, easy_images, tiny_config
 from imagegpt import ImageGPTForCausalImageModeling
+from imagegpt.datasets import load_labeled
 from imagegpt.finetune import (FinetuneConfig, _save_atomic, confusion_matrix, evaluate_classifier, finetune,
                                init_head_from_probe, joint_loss)
-from imagegpt.datasets import load_labeled
 from imagegpt.heads import ImageGPTForImageClassification
 from imagegpt.palette import grayscale_palette
 from imagegpt.processor import ImageGPTImageProcessor
@@ -196,6 +196,30 @@ def test_validation_accuracy_plot_draws_the_measured_points(tmp_path):
     assert (np.abs(pixels.astype(int) - (255, 127, 14)).sum(axis=1) < 30).sum() == 0
 
 
+def _test_acc(directory, model_dir) -> float:
+    """Test accuracy of the classifier in model_dir on the test IDX files of easy_idx_args(directory, ...)."""
+    ids, labels = load_labeled(directory / "test-images-idx3-ubyte", directory / "test-labels-idx1-ubyte",
+                               ImageGPTImageProcessor.from_pretrained(model_dir))[:2]  # fmt: skip
+    return evaluate_classifier(ImageGPTForImageClassification.from_pretrained(model_dir), ids, labels)[0]
+
+
+def test_cli_scores_the_last_step_when_the_best_came_earlier(tmp_path):
+    from imagegpt.cli_probe import COMMANDS, add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    out = tmp_path / "out"  # lr 1e-12: nothing moves, so no step improves on the probe-initialized start
+    args = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32),
+                              "--val-size", "8", "--steps", "2", "--batch-size", "4", "--eval-interval", "1",
+                              "--lr", "1e-12", "--device", "cpu", "--quiet", "--probe-init", "16",
+                              "--out", str(out)])  # fmt: skip
+    assert COMMANDS[args.command](args) == 0
+    summary = json.loads((out / "finetune.json").read_text())
+    assert summary["best_step"] == 0 and summary["steps"] == 2
+    assert summary["test_acc"] == _test_acc(tmp_path, out / "best")
+    assert summary["test_acc_last"] == _test_acc(tmp_path, out / "last")
+
+
 def test_cli_finetune_end_to_end(tmp_path, capsys):
     from imagegpt.cli_probe import COMMANDS, add_parsers
 
@@ -214,11 +238,8 @@ def test_cli_finetune_end_to_end(tmp_path, capsys):
     assert (out / "confusion.png").is_file() and (out / "best" / "model.safetensors").is_file()
     assert Image.open(out / "val_acc.png").size == (720, 440)
     assert "test accuracy" in capsys.readouterr().out
-    last = ImageGPTForImageClassification.from_pretrained(out / "last")  # the step-2 model, scored on the test set
-    test_ids, test_labels = load_labeled(tmp_path / "test-images-idx3-ubyte", tmp_path / "test-labels-idx1-ubyte",
-                                         ImageGPTImageProcessor.from_pretrained(out / "last"))[:2]  # fmt: skip
-    assert summary["test_acc_last"] == evaluate_classifier(last, test_ids, test_labels)[0]
     assert summary["steps"] == 2 and summary["last_val_acc"] == summary["history"][-1]["val_acc"]
+    assert summary["test_acc_last"] == _test_acc(tmp_path, out / "last")
     data = ["--data", str(tmp_path / "train-images-idx3-ubyte"), "--labels", str(tmp_path / "train-labels-idx1-ubyte")]
     bad = parser.parse_args(["finetune", *data, "--label-names", "a,b,c", "--val-size", "8", "--out", str(out)])
     with pytest.raises(ValueError, match="--label-names gives 3 names"):

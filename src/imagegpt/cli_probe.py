@@ -21,8 +21,8 @@ example (Fashion-MNIST's IDX files, the paper's joint loss):
 Writes best/ (the classifier with the best validation accuracy; transformers' ImageGPTForImageClassification
 loads it), last/ (the model of the last step), history.json (a record per evaluation), val_acc.png (validation
 accuracy against step), finetune.json (test accuracy of best/ and of last/, confusion matrix of best/) and
-confusion.png into --out. With few steps to spend,
---probe-init 5000 starts the head from a linear probe instead of random weights.
+confusion.png into --out. With few steps to spend, --probe-init 5000 starts the head from a linear probe instead
+of random weights.
 """
 
 EXAMPLE = """\
@@ -240,9 +240,12 @@ def _finetune(args) -> int:
         for name, row in zip(label_names, matrix):
             print(f"  {name[:12]:>12} " + " ".join(f"{v:5d}" for v in row))
         # the last step's model, beside the pick: what choosing the best step on the validation set bought
-        last = ImageGPTForImageClassification.from_pretrained(args.out / "last", device=device)
-        summary["test_acc_last"] = evaluate_classifier(last, test[0], test[1], progress=not args.quiet,
-                                                       desc="test (last)")[0]  # fmt: skip
+        if result["best_step"] == result["steps"]:
+            summary["test_acc_last"] = acc  # the same weights
+        else:
+            last = ImageGPTForImageClassification.from_pretrained(args.out / "last", device=device)
+            summary["test_acc_last"] = evaluate_classifier(last, test[0], test[1], progress=not args.quiet,
+                                                           desc="test (last)")[0]  # fmt: skip
         print(f"test accuracy of the last step ({result['steps']}): {summary['test_acc_last']:.4f}")
         print(f"wrote {args.out / 'confusion.png'}")
     print(f"wrote {args.out / 'val_acc.png'} (validation accuracy against step)")
