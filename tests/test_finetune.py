@@ -196,6 +196,15 @@ def test_validation_accuracy_plot_draws_the_measured_points(tmp_path):
     assert (np.abs(pixels.astype(int) - (255, 127, 14)).sum(axis=1) < 30).sum() == 0
 
 
+def _cli_parser() -> argparse.ArgumentParser:
+    """The parser of the CLI's probe and finetune commands."""
+    from imagegpt.cli_probe import add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    return parser
+
+
 def _test_acc(directory, model_dir) -> float:
     """Test accuracy of the classifier in model_dir on the test IDX files of easy_idx_args(directory, ...)."""
     ids, labels = load_labeled(directory / "test-images-idx3-ubyte", directory / "test-labels-idx1-ubyte",
@@ -204,10 +213,9 @@ def _test_acc(directory, model_dir) -> float:
 
 
 def test_cli_scores_the_last_step_when_the_best_came_earlier(tmp_path):
-    from imagegpt.cli_probe import COMMANDS, add_parsers
+    from imagegpt.cli_probe import COMMANDS
 
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command"))
+    parser = _cli_parser()
     out = tmp_path / "out"  # lr 1e-12: nothing moves, so no step improves on the probe-initialized start
     args = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32),
                               "--val-size", "8", "--steps", "2", "--batch-size", "4", "--eval-interval", "1",
@@ -221,10 +229,9 @@ def test_cli_scores_the_last_step_when_the_best_came_earlier(tmp_path):
 
 
 def test_cli_finetune_end_to_end(tmp_path, capsys):
-    from imagegpt.cli_probe import COMMANDS, add_parsers
+    from imagegpt.cli_probe import COMMANDS
 
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command"))
+    parser = _cli_parser()
     out = tmp_path / "out"
     args = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32),
                               "--label-names", "top,bottom", "--val-size", "8", "--steps", "2", "--batch-size", "4",
@@ -255,7 +262,7 @@ def test_cli_no_flip_and_no_crop_choose_the_augmentation(tmp_path, monkeypatch, 
     # digits: a mirrored 2 is not a 2, so --no-flip keeps the random crops and drops the flips; tiny images:
     # --no-crop keeps the flips and drops the crops (a 1.125x resize and crop distorts a 14x14 garment)
     import imagegpt.finetune as ft
-    from imagegpt.cli_probe import COMMANDS, add_parsers
+    from imagegpt.cli_probe import COMMANDS
 
     seen = []
 
@@ -265,8 +272,7 @@ def test_cli_no_flip_and_no_crop_choose_the_augmentation(tmp_path, monkeypatch, 
 
     augment_images = ft.augment_images
     monkeypatch.setattr(ft, "augment_images", spy)
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command"))
+    parser = _cli_parser()
     args = parser.parse_args(["finetune", "--model", "fashion-mnist", *easy_idx_args(tmp_path, 40, 32), "--val-size",
                               "8", "--steps", "2", "--batch-size", "4", "--device", "cpu", "--quiet",
                               *flags, "--out", str(tmp_path / "out")])  # fmt: skip
